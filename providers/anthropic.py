@@ -1,0 +1,108 @@
+"""Claude through the Anthropic Messages API.
+
+The SDK makes the request (auth, base URL, error classes); the hot path reads the raw
+streaming body and decodes the events itself, which costs a fraction of the SDK's typed
+stream helpers per token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import httpx2
+
+from providers.base import Finish, ModelRequest, ProviderError, StreamEvent, TextDelta, Usage
+from providers.errors import error_for_status, interrupted, malformed, stream_error
+from providers.sse import SSEDecoder
+
+PROVIDER = "anthropic"
+
+
+def create_client(
+    *, api_key: str, base_url: str | None, connect_timeout: float, idle_timeout: float
+) -> anthropic.AsyncAnthropic:
+    # max_retries=0: the fallback chain decides about retries, so a 529 costs no back-off.
+    return anthropic.AsyncAnthropic(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=anthropic.Timeout(idle_timeout, connect=connect_timeout),
+    )
+
+
+class AnthropicModel:
+    def __init__(self, client: anthropic.AsyncAnthropic, model: str) -> None:
+        self.client = client
+        self.model = model
+        self.name = f"{PROVIDER}/{model}"
+
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+        }
+        if request.system:
+            params["system"] = request.system
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        return params
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        model = self.model
+        try:
+            async with self.client.messages.with_streaming_response.create(**self._params(request)) as response:
+                decoder = SSEDecoder()
+                input_tokens = output_tokens = 0
+                stop_reason: str | None = None
+                async for chunk in response.iter_bytes():
+                    for data in decoder.feed(chunk):
+                        event = json.loads(data)
+                        kind = event["type"]
+                        if kind == "content_block_delta":
+                            delta = event["delta"]
+                            if delta["type"] == "text_delta" and delta["text"]:
+                                yield TextDelta(delta["text"])
+                        elif kind == "message_start":
+                            message = event["message"]
+                            model = message.get("model") or model
+                            input_tokens = _input_tokens(message.get("usage") or {})
+                        elif kind == "message_delta":
+                            stop_reason = event["delta"].get("stop_reason") or stop_reason
+                            usage = event.get("usage") or {}
+                            output_tokens = usage.get("output_tokens", output_tokens)
+                            input_tokens = _input_tokens(usage) or input_tokens
+                        elif kind == "message_stop":
+                            yield Finish(model, PROVIDER, stop_reason, Usage(input_tokens, output_tokens))
+                            return
+                        elif kind == "error":
+                            error = event.get("error") or {}
+                            raise stream_error(str(error.get("type")), provider=PROVIDER, model=self.model)
+                        # ping, content_block_start/stop and future event types need nothing.
+        except ProviderError:
+            raise
+        except anthropic.APIStatusError as exc:
+            raise error_for_status(
+                exc.status_code, provider=PROVIDER, model=self.model, headers=exc.response.headers
+            ) from exc
+        except (anthropic.APITimeoutError, httpx2.TimeoutException) as exc:
+            raise interrupted(PROVIDER, self.model, timed_out=True) from exc
+        except (anthropic.APIConnectionError, httpx2.TransportError) as exc:
+            raise interrupted(PROVIDER, self.model) from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise malformed(PROVIDER, self.model) from exc
+        # The body ended before `message_stop`: the connection was cut.
+        raise interrupted(PROVIDER, self.model)
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    # Cached prompt tokens are billed as input too.
+    return (
+        (usage.get("input_tokens") or 0)
+        + (usage.get("cache_creation_input_tokens") or 0)
+        + (usage.get("cache_read_input_tokens") or 0)
+    )

@@ -1,0 +1,108 @@
+"""Any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama, llama.cpp...).
+
+As for Anthropic, the SDK makes the request and the hot path decodes the raw chunk stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import openai
+
+from providers.base import Finish, ModelRequest, ProviderError, StreamEvent, TextDelta, Usage
+from providers.errors import error_for_status, interrupted, malformed
+from providers.sse import SSEDecoder
+
+PROVIDER = "openai"
+
+# Stop reasons in the vocabulary the `done` event uses for every provider.
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+
+
+def create_client(
+    *, api_key: str, base_url: str | None, connect_timeout: float, idle_timeout: float
+) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=openai.Timeout(idle_timeout, connect=connect_timeout),
+    )
+
+
+class OpenAIModel:
+    def __init__(self, client: openai.AsyncOpenAI, model: str, *, max_tokens_field: str = "max_tokens") -> None:
+        self.client = client
+        self.model = model
+        self.name = f"{PROVIDER}/{model}"
+        # OpenAI's own newer models want `max_completion_tokens`; compatible servers know `max_tokens`.
+        self.max_tokens_field = max_tokens_field
+
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            self.max_tokens_field: request.max_tokens,
+        }
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        return params
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        model = self.model
+        try:
+            async with self.client.chat.completions.with_streaming_response.create(**self._params(request)) as response:
+                decoder = SSEDecoder()
+                usage = Usage()
+                stop_reason: str | None = None
+                async for chunk in response.iter_bytes():
+                    for data in decoder.feed(chunk):
+                        if data == b"[DONE]":
+                            yield Finish(model, PROVIDER, stop_reason, usage)
+                            return
+                        event = json.loads(data)
+                        for choice in event.get("choices") or ():
+                            content = (choice.get("delta") or {}).get("content")
+                            if content:
+                                yield TextDelta(content)
+                            if reason := choice.get("finish_reason"):
+                                stop_reason = STOP_REASONS.get(reason, reason)
+                        if counts := event.get("usage"):
+                            usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
+                        if "error" in event:
+                            raise _stream_error(self.model)
+                        model = event.get("model") or model
+                if stop_reason is not None:
+                    # Some compatible servers end the body without `[DONE]`.
+                    yield Finish(model, PROVIDER, stop_reason, usage)
+                    return
+        except ProviderError:
+            raise
+        except openai.APIStatusError as exc:
+            raise error_for_status(
+                exc.status_code, provider=PROVIDER, model=self.model, headers=exc.response.headers
+            ) from exc
+        except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
+            raise interrupted(PROVIDER, self.model, timed_out=True) from exc
+        except (openai.APIConnectionError, httpx2.TransportError) as exc:
+            raise interrupted(PROVIDER, self.model) from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise malformed(PROVIDER, self.model) from exc
+        raise interrupted(PROVIDER, self.model)
+
+
+def _stream_error(model: str) -> ProviderError:
+    return ProviderError(
+        "upstream_error",
+        "The model service reported an error while answering.",
+        provider=PROVIDER,
+        model=model,
+        fallback=True,
+    )

@@ -1,0 +1,116 @@
+"""JSON errors, request ids and the one log line each request gets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from service.keys import REQUEST_ID, REQUEST_LOG
+
+log = structlog.get_logger("ai_stream")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+
+class ApiError(web.HTTPException):
+    """An HTTP error whose body is `{"error", "code", "details"}` JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status_code = status
+        super().__init__(
+            headers=headers,
+            text=web.json_response({"error": message, "code": code, "details": details or []}).text,
+            content_type="application/json",
+        )
+        self.code = code
+
+
+_STATUS_CODES = {
+    400: ("bad_request", "The request is not valid."),
+    401: ("unauthorized", "Authentication is required."),
+    404: ("not_found", "There is nothing at this path."),
+    405: ("method_not_allowed", "This method is not allowed on this path."),
+    413: ("body_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "Send a JSON body with Content-Type: application/json."),
+}
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    code, message = _STATUS_CODES.get(exc.status, ("http_error", exc.reason))
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return ApiError(exc.status, code, message, headers=headers)
+
+
+def request_log(request: web.Request) -> dict[str, Any]:
+    return request[REQUEST_LOG]
+
+
+@web.middleware
+async def request_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Request id in and out, JSON for every error, and one canonical log line at the end."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    fields: dict[str, Any] = {}
+    request[REQUEST_LOG] = fields
+    started = time.perf_counter()
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except ApiError:
+            raise
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            raise _from_http_exception(exc) from None
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        if isinstance(exc, ApiError):
+            fields.setdefault("error_code", exc.code)
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away; nginx's name for it
+        raise
+    except Exception:
+        log.exception("unhandled_error", request_id=request_id, route=request.path)
+        status = 500
+        raise ApiError(500, "internal_error", "Something went wrong on our side.") from None
+    finally:
+        level = "info" if status < 500 else "warning"
+        getattr(log, level)(
+            "request",
+            request_id=request_id,
+            method=request.method,
+            route=request.path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            **fields,
+        )
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, streaming or not, carries the request id."""
+    if (request_id := request.get(REQUEST_ID)) is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id

@@ -1,0 +1,136 @@
+"""HTTP handlers: generate, chat, health and the API description."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from providers.base import Message, ModelRequest, Provider
+from service import __version__
+from service.body import invalid, read_json, validate
+from service.datecontext import with_date_context
+from service.errors import ApiError, request_log
+from service.keys import CHAIN, OPEN_STREAMS, REGISTRY, SETTINGS
+from service.relay import collect_answer, done_payload, stream_answer
+from service.schemas import ChatBody, GenerateBody
+
+OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
+
+
+def _chain_for(request: web.Request, model: str | None) -> Provider:
+    """The fallback chain, started at the requested model when one is named."""
+    chain = request.app[CHAIN]
+    if model is None:
+        return chain
+    name = request.app[REGISTRY].resolve(model)
+    if name is None:
+        configured = ", ".join(info.name for info in request.app[REGISTRY].info)
+        raise invalid([{"field": "model", "message": f"model {model[:100]!r} is not configured; choose one of: {configured}"}])
+    # A configured model without credentials is skipped: start at the next usable one after it.
+    usable = {m.name for m in chain.models}
+    configured = [info.name for info in request.app[REGISTRY].info]
+    for candidate in configured[configured.index(name) :]:
+        if candidate in usable:
+            return chain.starting_at(candidate)
+    raise ApiError(503, "no_models_available", "No model from the requested one on is configured with credentials.")
+
+
+def _system_prompt(request: web.Request, system: str | None, zone: str | None) -> str | None:
+    settings = request.app[SETTINGS]
+    if not settings.date_context:
+        return system or None
+    return with_date_context(system or None, zone or settings.default_timezone)
+
+
+async def _answer(request: web.Request, provider: Provider, model_request: ModelRequest, stream: bool) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    if not request.app[CHAIN].models:
+        raise ApiError(503, "no_models_available", "No model is configured with credentials.")
+    if stream:
+        streams = request.app[OPEN_STREAMS]
+        response, _ = await stream_answer(
+            request,
+            provider,
+            model_request,
+            deadline=settings.request_timeout,
+            ping_interval=settings.keepalive_interval,
+            on_start=streams.add,
+        )
+        return response
+    outcome, status = await collect_answer(provider, model_request, deadline=settings.request_timeout)
+    request_log(request).update(outcome.log_fields())
+    if outcome.finish is None:
+        assert outcome.error is not None
+        return web.json_response({"error": outcome.error.message, "code": outcome.error.code, "details": []}, status=status)
+    done = done_payload(outcome.finish)
+    del done["type"]
+    return web.json_response({"text": "".join(outcome.text), **done})
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    body = validate(GenerateBody, await read_json(request, settings.max_body_bytes), settings)
+    provider = _chain_for(request, body.model)
+    model_request = ModelRequest(
+        messages=(Message("user", body.prompt),),
+        max_tokens=body.max_tokens or settings.default_max_tokens,
+        system=_system_prompt(request, body.system_prompt, body.timezone),
+        temperature=body.temperature,
+    )
+    return await _answer(request, provider, model_request, body.stream)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    body = validate(ChatBody, await read_json(request, settings.max_body_bytes), settings)
+    provider = _chain_for(request, body.model)
+    # `system` messages are folded into the system prompt, in order, after the `system` field.
+    system_parts = [body.system] if body.system else []
+    system_parts += [m.content for m in body.messages if m.role == "system"]
+    messages = tuple(Message(m.role, m.content) for m in body.messages if m.role != "system")
+    if not messages:
+        raise invalid([{"field": "messages", "message": "messages must hold at least one user or assistant message"}])
+    model_request = ModelRequest(
+        messages=messages,
+        max_tokens=body.max_tokens or settings.default_max_tokens,
+        system=_system_prompt(request, "\n\n".join(system_parts), body.timezone),
+        temperature=body.temperature,
+    )
+    return await _answer(request, provider, model_request, body.stream)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Configuration only: never calls a model, so it answers in microseconds."""
+    registry = request.app[REGISTRY]
+    models = [
+        {"name": info.name, "provider": info.provider, "model": info.model, "has_credentials": info.has_credentials}
+        for info in registry.info
+    ]
+    primary = registry.info[0]
+    return web.json_response(
+        {
+            # degraded: some configured model cannot be used (no credentials), so fallback is thinner.
+            "status": "ok" if all(info.has_credentials for info in registry.info) else "degraded",
+            "streaming_enabled": True,
+            "supports_streaming": True,
+            "format": "Server-Sent Events (SSE)",
+            "model": primary.model,
+            "provider": primary.provider,
+            "models": models,
+            "open_streams": len(request.app[OPEN_STREAMS]),
+            "version": __version__,
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(OPENAPI_PATH, headers={"Content-Type": "application/yaml"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/ai/stream/generate", generate)
+    app.router.add_post("/ai/stream/chat", chat)
+    app.router.add_get("/health", health, allow_head=True)
+    app.router.add_get("/ai/stream/health", health, allow_head=True)
+    app.router.add_get("/openapi.yaml", openapi)

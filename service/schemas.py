@@ -1,0 +1,85 @@
+"""Request bodies, validated before anything is sent upstream."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StringConstraints, ValidationError
+
+NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+ThreadId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored so that clients sending one payload shape to both routes work.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: StrictFloat | StrictInt | None = Field(None, ge=0, le=1)
+    model: NonBlank | None = None
+    timezone: NonBlank | None = None
+    stream: StrictBool = True
+
+
+class GenerateBody(_Body):
+    prompt: NonBlank
+    system_prompt: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    role: Literal["user", "assistant", "system"]
+    content: NonBlank
+
+
+class ChatBody(_Body):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    system: str | None = None
+    thread_id: ThreadId | None = None
+    user_id: UserId | None = None
+
+
+# Plain words for pydantic's error types, keyed by type; the field path is added in front.
+_MESSAGES = {
+    "missing": "is required",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "has an invalid format",
+    "too_short": "must not be empty",
+    "literal_error": "must be one of {expected}",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+}
+
+
+def describe_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """One entry per problem: the field path and a sentence a person can act on."""
+    details = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+        # A union (int | float) reports each branch; report it once.
+        field = field.replace(".constrained-float", "").replace(".constrained-int", "")
+        for suffix in (".int", ".float", ".bool", ".str"):
+            field = field.removesuffix(suffix)
+        template = _MESSAGES.get(error["type"])
+        ctx = error.get("ctx") or {}
+        if error["type"] == "string_pattern_mismatch" and field.endswith("thread_id"):
+            message = "must be 1-128 letters, digits, '-' or '_'"
+        elif error["type"] == "string_pattern_mismatch":
+            message = "must not be blank"
+        elif template:
+            message = template.format(**{k: str(v) for k, v in ctx.items()})
+        else:
+            message = error["msg"]
+        entry = {"field": field, "message": f"{field} {message}" if field else message}
+        if entry not in details:
+            details.append(entry)
+    return details

@@ -1,0 +1,134 @@
+"""Configuration from environment variables (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+import zoneinfo
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROVIDERS = ("anthropic", "openai")
+DEFAULT_MODELS = "anthropic/claude-sonnet-4-5,anthropic/claude-haiku-4-5"
+
+
+class ModelSpec(str):
+    """A `provider/model` string, checked at start-up."""
+
+    @property
+    def provider(self) -> str:
+        return self.split("/", 1)[0]
+
+    @property
+    def model(self) -> str:
+        return self.split("/", 1)[1]
+
+
+def parse_models(value: object) -> list[ModelSpec]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, list | tuple):
+        items = [str(item).strip() for item in value]
+    else:
+        raise ValueError("must be a comma-separated list of provider/model")
+    if not items or any(not item for item in items):
+        raise ValueError("must be a comma-separated list of provider/model with no empty entries")
+    specs: list[ModelSpec] = []
+    for item in items:
+        provider, sep, model = item.partition("/")
+        if not sep or not model.strip():
+            raise ValueError(f"{item!r} is not of the form provider/model")
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {provider!r} in {item!r} (known: {', '.join(PROVIDERS)})")
+        spec = ModelSpec(f"{provider}/{model.strip()}")
+        if spec in specs:
+            raise ValueError(f"{item!r} is listed twice")
+        specs.append(spec)
+    return specs
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "host"))
+    port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("PORT", "port"))
+
+    models: Annotated[list[ModelSpec], NoDecode] = Field(
+        default_factory=lambda: parse_models(DEFAULT_MODELS),
+        validation_alias=AliasChoices("AI_MODELS", "models"),
+    )
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "anthropic_api_key"))
+    anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "anthropic_base_url"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"))
+
+    first_token_timeout: PositiveSeconds = Field(20.0, validation_alias=AliasChoices("AI_FIRST_TOKEN_TIMEOUT", "first_token_timeout"))
+    request_timeout: PositiveSeconds = Field(120.0, validation_alias=AliasChoices("AI_REQUEST_TIMEOUT", "request_timeout"))
+    # Mid-stream silence (after the first text) longer than this ends the attempt.
+    idle_timeout: PositiveSeconds = Field(60.0, validation_alias=AliasChoices("AI_IDLE_TIMEOUT", "idle_timeout"))
+    connect_timeout: PositiveSeconds = Field(5.0, validation_alias=AliasChoices("AI_CONNECT_TIMEOUT", "connect_timeout"))
+    # A 429 whose retry-after is at most this many seconds is retried on the same model once.
+    retry_after_max: float = Field(3.0, ge=0, validation_alias=AliasChoices("AI_RETRY_AFTER_MAX", "retry_after_max"))
+    keepalive_interval: PositiveSeconds = Field(15.0, validation_alias=AliasChoices("AI_KEEPALIVE_INTERVAL", "keepalive_interval"))
+
+    default_max_tokens: int = Field(1024, ge=1, validation_alias=AliasChoices("AI_DEFAULT_MAX_TOKENS", "default_max_tokens"))
+    max_tokens_limit: int = Field(8192, ge=1, validation_alias=AliasChoices("AI_MAX_TOKENS_LIMIT", "max_tokens_limit"))
+    default_timezone: str = Field("UTC", validation_alias=AliasChoices("AI_DEFAULT_TIMEZONE", "default_timezone"))
+    date_context: bool = Field(True, validation_alias=AliasChoices("AI_DATE_CONTEXT", "date_context"))
+    max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=AliasChoices("AI_MAX_BODY_BYTES", "max_body_bytes"))
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias=AliasChoices("AI_LOG_LEVEL", "log_level"))
+    log_format: Literal["json", "console"] | None = Field(None, validation_alias=AliasChoices("AI_LOG_FORMAT", "log_format"))
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: object) -> list[ModelSpec]:
+        return parse_models(value)
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known IANA time zone") from None
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def api_key(self, provider: str) -> str | None:
+        secret = self.anthropic_api_key if provider == "anthropic" else self.openai_api_key
+        return secret.get_secret_value() if secret is not None and secret.get_secret_value() else None
+
+
+# Field name -> environment variable, for error messages that name what the operator set.
+ENV_NAMES = {
+    name: next(a for a in field.validation_alias.choices if isinstance(a, str) and a.isupper())  # type: ignore[union-attr]
+    for name, field in Settings.model_fields.items()
+}
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the environment variable and is safe to print."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        env = ENV_NAMES.get(field, field.upper())
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {env}: {message}") from None
+    if settings.default_max_tokens > settings.max_tokens_limit:
+        raise ConfigError("invalid setting AI_DEFAULT_MAX_TOKENS: must not exceed AI_MAX_TOKENS_LIMIT")
+    return settings

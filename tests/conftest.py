@@ -1,0 +1,79 @@
+"""Shared fixtures: a fake upstream on localhost and the real app built by its factory."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from service.settings import Settings, load_settings
+from tests.fake_fixtures import fake_upstream  # noqa: F401
+from tests.fake_upstream import FakeUpstream
+
+ANTHROPIC_KEY = "sk-ant-test-0123456789-secret"
+OPENAI_KEY = "sk-openai-test-9876543210-secret"
+MODELS = "anthropic/claude-primary,anthropic/claude-backup,openai/gpt-fallback"
+
+ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Tests configure the service explicitly; nothing leaks in from the machine's environment."""
+    for name in list(os.environ):
+        if name.startswith(("AI_", "ANTHROPIC_", "OPENAI_")) or name in ("DATABASE_URL", "HOST", "PORT"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env file, and the default SQLite file lands here
+
+
+@pytest.fixture
+def make_settings(fake_upstream: FakeUpstream) -> Callable[..., Settings]:  # noqa: F811
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "models": MODELS,
+            "anthropic_api_key": ANTHROPIC_KEY,
+            "anthropic_base_url": fake_upstream.base_url,
+            "openai_api_key": OPENAI_KEY,
+            "openai_base_url": fake_upstream.openai_base_url,
+            "first_token_timeout": 2.0,
+            "request_timeout": 10.0,
+            "log_format": "json",
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> ClientFactory:
+    async def make(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        return await aiohttp_client(create_app(make_settings(**overrides)))  # type: ignore[no-any-return]
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> TestClient[web.Request, web.Application]:
+    return await make_client()
+
+
+def parse_events(body: bytes) -> list[dict[str, Any]]:
+    """The events of an SSE body, checking the framing as a strict line reader would."""
+    events = []
+    for block in body.decode().split("\n\n"):
+        if not block:
+            continue
+        lines = block.split("\n")
+        if all(line.startswith(":") for line in lines):
+            continue  # keep-alive comment
+        assert len(lines) == 1 and lines[0].startswith("data: "), f"unexpected SSE block {block!r}"
+        events.append(json.loads(lines[0][len("data: ") :]))
+    assert body.endswith(b"\n\n"), "the stream must end after a complete event"
+    return events
