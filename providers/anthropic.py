@@ -48,8 +48,8 @@ class AnthropicModel:
         }
         if request.system:
             params["system"] = request.system
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
+        # No `temperature`: the Messages API (version 2026-10-21, the SDK's default) rejects every
+        # sampling parameter with a 400, so sending it would fail requests that set it.
         return params
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:

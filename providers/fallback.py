@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Sequence
 
 from providers.base import AttemptFailed, ModelRequest, Provider, ProviderError, StreamEvent
 
-# When models fail differently, the client hears about the most transient failure.
-_TRANSIENT = ("rate_limited", "upstream_unavailable", "timeout", "upstream_error")
+# When models fail differently, the client hears about the most transient failure: these
+# tiers first, and within a tier the last model's.
+_TIERS = (("rate_limited", "upstream_unavailable", "timeout"), ("upstream_error",))
 
 
 class FallbackChain:
@@ -82,7 +83,9 @@ class FallbackChain:
 def _final_error(errors: list[ProviderError], tried: int) -> ProviderError:
     if not errors:
         return ProviderError("no_models_available", "No model is configured with credentials.")
-    chosen = next((e for e in reversed(errors) if e.code in _TRANSIENT), errors[-1])
+    chosen = errors[-1]
+    for tier in reversed(_TIERS):
+        chosen = next((e for e in reversed(errors) if e.code in tier), chosen)
     plural = "s" if tried != 1 else ""
     return ProviderError(
         chosen.code,

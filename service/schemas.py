@@ -45,6 +45,7 @@ class ChatBody(_Body):
 _MESSAGES = {
     "missing": "is required",
     "string_too_short": "must not be empty",
+    "string_too_long": "must be at most {max_length} characters",
     "string_pattern_mismatch": "has an invalid format",
     "too_short": "must not be empty",
     "literal_error": "must be one of {expected}",
@@ -71,7 +72,7 @@ def describe_errors(exc: ValidationError) -> list[dict[str, Any]]:
             field = field.removesuffix(suffix)
         template = _MESSAGES.get(error["type"])
         ctx = error.get("ctx") or {}
-        if error["type"] == "string_pattern_mismatch" and field.endswith("thread_id"):
+        if error["type"] in ("string_pattern_mismatch", "string_too_long") and field.endswith("thread_id"):
             message = "must be 1-128 letters, digits, '-' or '_'"
         elif error["type"] == "string_pattern_mismatch":
             message = "must not be blank"
