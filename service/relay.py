@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableSet
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +105,7 @@ async def stream_answer(
     *,
     deadline: float,
     ping_interval: float,
-    on_start: Callable[[EventStream], None] | None = None,
+    open_streams: MutableSet[EventStream] | None = None,
     on_end: Callable[[Outcome], Awaitable[dict[str, Any]]] | None = None,
 ) -> tuple[EventStream, Outcome]:
     """Stream the answer as SSE.
@@ -128,8 +128,8 @@ async def stream_answer(
         await response.write(content_event(text))
 
     await response.prepare(request)
-    if on_start is not None:
-        on_start(response)
+    if open_streams is not None:
+        open_streams.add(response)
     try:
         try:
             async with asyncio.timeout(deadline):
@@ -155,6 +155,8 @@ async def stream_answer(
         if isinstance(exc, asyncio.CancelledError):
             raise
     finally:
+        if open_streams is not None:
+            open_streams.discard(response)
         response.stop_streaming()
         request_log(request).update(outcome.log_fields())
     return response, outcome

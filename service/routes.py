@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from aiohttp import web
@@ -55,7 +56,7 @@ async def _answer(request: web.Request, provider: Provider, model_request: Model
             model_request,
             deadline=settings.request_timeout,
             ping_interval=settings.keepalive_interval,
-            on_start=streams.add,
+            open_streams=streams,
         )
         return response
     outcome, status = await collect_answer(provider, model_request, deadline=settings.request_timeout)
@@ -124,8 +125,19 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-async def openapi(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(OPENAPI_PATH, headers={"Content-Type": "application/yaml"})
+@functools.cache
+def _openapi_document() -> bytes | None:
+    try:
+        return OPENAPI_PATH.read_bytes()
+    except OSError:
+        return None
+
+
+async def openapi(request: web.Request) -> web.Response:
+    document = _openapi_document()
+    if document is None:
+        raise ApiError(404, "not_found", "The API description is not installed with this copy of the service.")
+    return web.Response(body=document, content_type="application/yaml", charset="utf-8")
 
 
 def add_routes(app: web.Application) -> None:

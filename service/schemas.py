@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
 
 NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 ThreadId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -16,7 +16,7 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     max_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: StrictFloat | StrictInt | None = Field(None, ge=0, le=1)
+    temperature: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
     model: NonBlank | None = None
     timezone: NonBlank | None = None
     stream: StrictBool = True
@@ -66,10 +66,6 @@ def describe_errors(exc: ValidationError) -> list[dict[str, Any]]:
     details = []
     for error in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
-        # A union (int | float) reports each branch; report it once.
-        field = field.replace(".constrained-float", "").replace(".constrained-int", "")
-        for suffix in (".int", ".float", ".bool", ".str"):
-            field = field.removesuffix(suffix)
         template = _MESSAGES.get(error["type"])
         ctx = error.get("ctx") or {}
         if error["type"] in ("string_pattern_mismatch", "string_too_long") and field.endswith("thread_id"):
@@ -77,10 +73,17 @@ def describe_errors(exc: ValidationError) -> list[dict[str, Any]]:
         elif error["type"] == "string_pattern_mismatch":
             message = "must not be blank"
         elif template:
-            message = template.format(**{k: str(v) for k, v in ctx.items()})
+            message = template.format(**{k: _plain(v) for k, v in ctx.items()})
         else:
             message = error["msg"]
         entry = {"field": field, "message": f"{field} {message}" if field else message}
         if entry not in details:
             details.append(entry)
     return details
+
+
+def _plain(value: object) -> str:
+    """1.0 -> "1", so limits read as people write them."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
