@@ -9,6 +9,7 @@ from aiohttp import web
 
 from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
+from service.conversations import add_thread_routes, storage_context
 from service.errors import add_request_id, request_middleware
 from service.keys import CHAIN, OPEN_STREAMS, REGISTRY, SETTINGS
 from service.routes import add_routes
@@ -20,10 +21,12 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
     app[OPEN_STREAMS] = weakref.WeakSet()
+    app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(_models)
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_end_open_streams)
     add_routes(app)
+    add_thread_routes(app)
     return app
 
 

@@ -10,6 +10,9 @@ from aiohttp import web
 if TYPE_CHECKING:
     from providers.factory import ModelRegistry
     from providers.fallback import FallbackChain
+    import asyncio
+
+    from service.conversations import StorageState
     from service.settings import Settings
     from service.sse import EventStream
 
@@ -17,7 +20,12 @@ SETTINGS = web.AppKey("settings", "Settings")
 REGISTRY = web.AppKey("registry", "ModelRegistry")
 CHAIN = web.AppKey("chain", "FallbackChain")
 OPEN_STREAMS = web.AppKey("open_streams", "weakref.WeakSet[EventStream]")
+STORAGE = web.AppKey("storage", "StorageState")
+# Answers being written to the store; shutdown waits for them before closing it.
+PENDING_WRITES = web.AppKey("pending_writes", "set[asyncio.Task[bool]]")
 
 # Per request: its id, and the fields of its canonical log line (filled in as handlers learn them).
 REQUEST_ID = web.RequestKey("request_id", str)
 REQUEST_LOG = web.RequestKey("request_log", "dict[str, Any]")
+# The name of the API key a request authenticated with: part of every thread's owner.
+THREAD_OWNER = web.RequestKey("thread_owner", str)

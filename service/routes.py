@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -12,8 +15,9 @@ from service import __version__
 from service.body import invalid, read_json, validate
 from service.datecontext import with_date_context
 from service.errors import ApiError, request_log
-from service.keys import CHAIN, OPEN_STREAMS, REGISTRY, SETTINGS
-from service.relay import collect_answer, done_payload, stream_answer
+from service.conversations import begin_turn, replay, store_answer
+from service.keys import CHAIN, OPEN_STREAMS, REGISTRY, SETTINGS, STORAGE
+from service.relay import Outcome, collect_answer, done_payload, stream_answer
 from service.schemas import ChatBody, GenerateBody
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -44,35 +48,46 @@ def _system_prompt(request: web.Request, system: str | None, zone: str | None) -
     return with_date_context(system or None, zone or settings.default_timezone)
 
 
-async def _answer(request: web.Request, provider: Provider, model_request: ModelRequest, stream: bool) -> web.StreamResponse:
+async def _answer(
+    request: web.Request,
+    provider: Provider,
+    model_request: ModelRequest,
+    stream: bool,
+    on_end: Callable[[Outcome], Awaitable[dict[str, Any]]] | None = None,
+) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    if not request.app[CHAIN].models:
-        raise ApiError(503, "no_models_available", "No model is configured with credentials.")
     if stream:
-        streams = request.app[OPEN_STREAMS]
         response, _ = await stream_answer(
             request,
             provider,
             model_request,
             deadline=settings.request_timeout,
             ping_interval=settings.keepalive_interval,
-            open_streams=streams,
+            open_streams=request.app[OPEN_STREAMS],
+            on_end=on_end,
         )
         return response
     outcome, status = await collect_answer(provider, model_request, deadline=settings.request_timeout)
+    stored = await on_end(outcome) if on_end is not None else {}
     request_log(request).update(outcome.log_fields())
     if outcome.finish is None:
         assert outcome.error is not None
         return web.json_response({"error": outcome.error.message, "code": outcome.error.code, "details": []}, status=status)
     done = done_payload(outcome.finish)
     del done["type"]
-    return web.json_response({"text": "".join(outcome.text), **done})
+    return web.json_response({"text": "".join(outcome.text), **done, **stored})
+
+
+def _require_models(request: web.Request) -> None:
+    if not request.app[CHAIN].models:
+        raise ApiError(503, "no_models_available", "No model is configured with credentials.")
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     body = validate(GenerateBody, await read_json(request, settings.max_body_bytes), settings)
     provider = _chain_for(request, body.model)
+    _require_models(request)
     model_request = ModelRequest(
         messages=(Message("user", body.prompt),),
         max_tokens=body.max_tokens or settings.default_max_tokens,
@@ -84,21 +99,29 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
+    started = time.monotonic()
     body = validate(ChatBody, await read_json(request, settings.max_body_bytes), settings)
     provider = _chain_for(request, body.model)
+    _require_models(request)
     # `system` messages are folded into the system prompt, in order, after the `system` field.
     system_parts = [body.system] if body.system else []
     system_parts += [m.content for m in body.messages if m.role == "system"]
     messages = tuple(Message(m.role, m.content) for m in body.messages if m.role != "system")
     if not messages:
         raise invalid([{"field": "messages", "message": "messages must hold at least one user or assistant message"}])
+    on_end = None
+    if body.thread_id is not None:
+        request_log(request)["thread_id"] = body.thread_id
+        turn = await begin_turn(request, body.thread_id, body.user_id, messages)
+        messages = replay(turn.history) + messages
+        on_end = store_answer(request, turn.assistant_message_id, started + settings.request_timeout)
     model_request = ModelRequest(
         messages=messages,
         max_tokens=body.max_tokens or settings.default_max_tokens,
         system=_system_prompt(request, "\n\n".join(system_parts), body.timezone),
         temperature=body.temperature,
     )
-    return await _answer(request, provider, model_request, body.stream)
+    return await _answer(request, provider, model_request, body.stream, on_end)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -109,10 +132,12 @@ async def health(request: web.Request) -> web.Response:
         for info in registry.info
     ]
     primary = registry.info[0]
+    storage = request.app[STORAGE]
+    # degraded: a configured model cannot be used (no credentials) or the store is not answering.
+    ok = storage.ok and all(info.has_credentials for info in registry.info)
     return web.json_response(
         {
-            # degraded: some configured model cannot be used (no credentials), so fallback is thinner.
-            "status": "ok" if all(info.has_credentials for info in registry.info) else "degraded",
+            "status": "ok" if ok else "degraded",
             "streaming_enabled": True,
             "supports_streaming": True,
             "format": "Server-Sent Events (SSE)",
@@ -120,6 +145,7 @@ async def health(request: web.Request) -> web.Response:
             "provider": primary.provider,
             "models": models,
             "open_streams": len(request.app[OPEN_STREAMS]),
+            "storage": {"backend": storage.store.backend, "ok": storage.ok},
             "version": __version__,
         }
     )

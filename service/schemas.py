@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
+
+THREAD_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 ThreadId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]

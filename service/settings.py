@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storage import create_store
+
 PROVIDERS = ("anthropic", "openai")
 DEFAULT_MODELS = "anthropic/claude-sonnet-4-5,anthropic/claude-haiku-4-5"
 
@@ -82,6 +84,11 @@ class Settings(BaseSettings):
     date_context: bool = Field(True, validation_alias=AliasChoices("AI_DATE_CONTEXT", "date_context"))
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=AliasChoices("AI_MAX_BODY_BYTES", "max_body_bytes"))
 
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
+    history_limit: int = Field(50, ge=0, le=1000, validation_alias=AliasChoices("AI_HISTORY_LIMIT", "history_limit"))
+    storage_check_interval: PositiveSeconds = Field(5.0, validation_alias=AliasChoices("AI_STORAGE_CHECK_INTERVAL", "storage_check_interval"))
+    shutdown_write_timeout: PositiveSeconds = Field(10.0, validation_alias=AliasChoices("AI_SHUTDOWN_WRITE_TIMEOUT", "shutdown_write_timeout"))
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias=AliasChoices("AI_LOG_LEVEL", "log_level"))
     log_format: Literal["json", "console"] | None = Field(None, validation_alias=AliasChoices("AI_LOG_FORMAT", "log_format"))
 
@@ -129,6 +136,10 @@ def load_settings(**overrides: object) -> Settings:
         env = ENV_NAMES.get(field, field.upper())
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"invalid setting {env}: {message}") from None
+    try:
+        create_store(settings.database_url)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting DATABASE_URL: {exc}") from None
     if settings.default_max_tokens > settings.max_tokens_limit:
         raise ConfigError("invalid setting AI_DEFAULT_MAX_TOKENS: must not exceed AI_MAX_TOKENS_LIMIT")
     return settings

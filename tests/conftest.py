@@ -77,3 +77,6 @@ def parse_events(body: bytes) -> list[dict[str, Any]]:
         events.append(json.loads(lines[0][len("data: ") :]))
     assert body.endswith(b"\n\n"), "the stream must end after a complete event"
     return events
+
+
+from tests.storage_fixtures import fresh_target, pg_url, store, store_target  # noqa: E402, F401

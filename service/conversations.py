@@ -1,0 +1,241 @@
+"""Stored conversations: the store's life cycle, thread-aware chat, and the thread routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from providers.base import Message
+from service.errors import ApiError
+from service.keys import PENDING_WRITES, SETTINGS, STORAGE, THREAD_OWNER
+from service.relay import Outcome
+from service.schemas import THREAD_ID_PATTERN
+from storage import Owner, StorageError, StorageUnavailable, Store, StoredMessage, ThreadNotFound, Turn, create_store
+
+log = structlog.get_logger("ai_stream")
+
+UNAVAILABLE = "Conversation storage is unavailable right now; try again shortly."
+NOT_FOUND = "There is no such thread."
+
+
+class StorageState:
+    """The store, and whether it answered lately, kept fresh by a background check so that
+    /health reads a flag instead of waiting on the database."""
+
+    def __init__(self, store: Store, check_interval: float) -> None:
+        self.store = store
+        self.opened = False
+        self.ok = False
+        self.check_interval = check_interval
+
+    async def ensure_open(self) -> None:
+        if not self.opened:
+            await self.store.open()
+            self.opened = True
+
+    async def check(self) -> None:
+        try:
+            await self.ensure_open()
+        except StorageError:
+            self.ok = False
+            return
+        self.ok = await self.store.ping()
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
+            was_ok = self.ok
+            await self.check()
+            if self.ok != was_ok:
+                log.warning("storage_state", backend=self.store.backend, ok=self.ok)
+
+    def record(self, ok: bool) -> None:
+        """What a request just learned about the store."""
+        self.ok = ok
+
+
+async def storage_context(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: open the store (or keep trying in the background), close it last."""
+    settings = app[SETTINGS]
+    state = StorageState(create_store(settings.database_url), settings.storage_check_interval)
+    await state.check()
+    if not state.ok:
+        log.warning("storage_unavailable_at_start", backend=state.store.backend)
+    app[STORAGE] = state
+    app[PENDING_WRITES] = set()
+    watcher = asyncio.create_task(state.watch())
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    # Answers still being stored (streams that just ended) are written before the store closes.
+    if app[PENDING_WRITES]:
+        await asyncio.wait(app[PENDING_WRITES], timeout=settings.shutdown_write_timeout)
+    await state.store.close()
+
+
+def owner_of(request: web.Request, user_id: str | None) -> Owner:
+    return Owner(key_name=request.get(THREAD_OWNER, ""), user_id=user_id)
+
+
+async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, messages: tuple[Message, ...]) -> Turn:
+    """Store the new turn before anything is sent upstream; fail loudly rather than forget it."""
+    state = request.app[STORAGE]
+    settings = request.app[SETTINGS]
+    try:
+        await state.ensure_open()
+        turn = await state.store.begin_turn(
+            thread_id, owner_of(request, user_id), [(m.role, m.content) for m in messages], settings.history_limit
+        )
+    except ThreadNotFound:
+        raise ApiError(404, "not_found", NOT_FOUND) from None
+    except StorageError:
+        state.record(False)
+        raise ApiError(503, "storage_unavailable", UNAVAILABLE, headers={"Retry-After": "5"}) from None
+    state.record(True)
+    return turn
+
+
+def replay(history: list[StoredMessage]) -> tuple[Message, ...]:
+    """Stored history as model messages; a window cut mid-conversation starts at a user turn."""
+    messages = [Message(m.role, m.content) for m in history if m.role in ("user", "assistant")]  # type: ignore[arg-type]
+    while messages and messages[0].role != "user":
+        messages.pop(0)
+    return tuple(messages)
+
+
+def store_answer(request: web.Request, message_id: str, deadline: float) -> Callable[[Outcome], Awaitable[dict[str, Any]]]:
+    """The `on_end` of a thread's stream: store the answer, retrying with back-off until `deadline`
+    (a monotonic time); the result is added to the `done` event."""
+    app = request.app
+    state = app[STORAGE]
+
+    async def write(outcome: Outcome) -> bool:
+        finish = outcome.finish
+        delay = 0.05
+        while True:
+            try:
+                await state.ensure_open()
+                await state.store.finish_assistant_message(
+                    message_id,
+                    content="".join(outcome.text),
+                    status=outcome.status,
+                    model=finish.model if finish else None,
+                    provider=finish.provider if finish else None,
+                    stop_reason=finish.stop_reason if finish else None,
+                    input_tokens=finish.usage.input_tokens if finish else None,
+                    output_tokens=finish.usage.output_tokens if finish else None,
+                )
+            except StorageError as exc:
+                state.record(not isinstance(exc, StorageUnavailable))
+                if time.monotonic() + delay > deadline:
+                    log.error("answer_not_stored", thread_id=request.match_info.get("thread_id"), message_id=message_id, error=type(exc).__name__)
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            state.record(True)
+            return True
+
+    async def on_end(outcome: Outcome) -> dict[str, Any]:
+        # A tracked task, so that shutdown waits for it and a cancelled handler cannot cut it.
+        task = asyncio.create_task(write(outcome))
+        app[PENDING_WRITES].add(task)
+        task.add_done_callback(app[PENDING_WRITES].discard)
+        persisted = await asyncio.shield(task)
+        return {"message_id": message_id, "persisted": persisted}
+
+    return on_end
+
+
+def _thread_id(request: web.Request) -> str:
+    thread_id = request.match_info["thread_id"]
+    if not THREAD_ID_PATTERN.fullmatch(thread_id):
+        raise ApiError(404, "not_found", NOT_FOUND)
+    return thread_id
+
+
+def _query_user_id(request: web.Request) -> str | None:
+    user_id = request.query.get("user_id")
+    if user_id is not None and not 1 <= len(user_id) <= 128:
+        raise ApiError(400, "validation_error", "Invalid request: user_id must be 1-128 characters.",
+                       details=[{"field": "user_id", "message": "user_id must be 1-128 characters"}])
+    return user_id
+
+
+def _query_limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+        raise ApiError(400, "validation_error", "Invalid request: limit must be an integer from 1 to 200.",
+                       details=[{"field": "limit", "message": "limit must be an integer from 1 to 200"}])
+    return int(raw)
+
+
+def message_json(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "model": message.model,
+        "provider": message.provider,
+        "stop_reason": message.stop_reason,
+        "status": message.status,
+        "usage": None
+        if message.input_tokens is None
+        else {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens},
+        "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    thread_id = _thread_id(request)
+    limit = _query_limit(request)
+    before = request.query.get("before") or None
+    state = request.app[STORAGE]
+    try:
+        await state.ensure_open()
+        # One more than asked tells whether older messages remain.
+        page = await state.store.list_messages(thread_id, owner_of(request, _query_user_id(request)), limit=limit + 1, before=before)
+    except ThreadNotFound:
+        raise ApiError(404, "not_found", NOT_FOUND) from None
+    except ValueError:
+        raise ApiError(400, "validation_error", "Invalid request: before is not a message of this thread.",
+                       details=[{"field": "before", "message": "before must be the id of a message in this thread"}]) from None
+    except StorageError:
+        state.record(False)
+        raise ApiError(503, "storage_unavailable", UNAVAILABLE, headers={"Retry-After": "5"}) from None
+    has_more = len(page) > limit
+    messages = page[1:] if has_more else page
+    return web.json_response(
+        {
+            "thread_id": thread_id,
+            "messages": [message_json(m) for m in messages],
+            "has_more": has_more,
+            "next_before": messages[0].id if has_more and messages else None,
+        }
+    )
+
+
+async def delete_thread(request: web.Request) -> web.Response:
+    thread_id = _thread_id(request)
+    state = request.app[STORAGE]
+    try:
+        await state.ensure_open()
+        await state.store.delete_thread(thread_id, owner_of(request, _query_user_id(request)))
+    except ThreadNotFound:
+        raise ApiError(404, "not_found", NOT_FOUND) from None
+    except StorageError:
+        state.record(False)
+        raise ApiError(503, "storage_unavailable", UNAVAILABLE, headers={"Retry-After": "5"}) from None
+    return web.Response(status=204)
+
+
+def add_thread_routes(app: web.Application) -> None:
+    app.router.add_get("/ai/threads/{thread_id}/messages", list_messages)
+    app.router.add_delete("/ai/threads/{thread_id}", delete_thread)
