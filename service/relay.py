@@ -127,10 +127,10 @@ async def stream_answer(
     async def send_text(text: str) -> None:
         await response.write(content_event(text))
 
-    await response.prepare(request)
-    if open_streams is not None:
-        open_streams.add(response)
     try:
+        await response.prepare(request)
+        if open_streams is not None:
+            open_streams.add(response)
         try:
             async with asyncio.timeout(deadline):
                 await _consume(provider, model_request, outcome, send_text)
@@ -157,7 +157,8 @@ async def stream_answer(
     finally:
         if open_streams is not None:
             open_streams.discard(response)
-        response.stop_streaming()
+        if response.is_connected():
+            response.stop_streaming()
         request_log(request).update(outcome.log_fields())
     return response, outcome
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,10 +18,10 @@ from storage import (
     Store,
     StoredMessage,
     ThreadNotFound,
+    Turn,
     create_store,
 )
-from storage.migrate import load_migrations
-from storage.sqlite import split_statements
+from storage.migrate import load_migrations, split_statements
 from tests.storage_fixtures import (  # noqa: F401  (fixtures are used by name)
     StoreTarget,
     TcpProxy,
@@ -34,7 +35,9 @@ from tests.storage_fixtures import (  # noqa: F401  (fixtures are used by name)
 OWNER = Owner(key_name="key-a", user_id="user-1")
 
 
-async def ask(store: Store, thread: str, *questions: str, owner: Owner = OWNER, limit: int = 50):
+async def ask(
+    store: Store, thread: str, *questions: str, owner: Owner = OWNER, limit: int = 50
+) -> Turn:
     return await store.begin_turn(thread, owner, [("user", q) for q in questions], limit)
 
 
@@ -168,14 +171,12 @@ async def test_other_owner_sees_thread_as_missing(store: Store, intruder: Owner)
 
 async def test_owner_without_user_id_matches_only_itself(store: Store) -> None:
     anonymous = Owner("key-a", None)
-    await qa(store, "t", "q", "a")
-    await ask(store, "t", "again", owner=OWNER)
-    await ask(store, "anon", "q", owner=anonymous)
-    assert contents(await store.list_messages("anon", Owner("key-a", None))) == ["q", ""]
-    with pytest.raises(ThreadNotFound):
-        await store.list_messages("anon", Owner("key-a", ""))
-    with pytest.raises(ThreadNotFound):
-        await store.list_messages("anon", Owner())
+    await ask(store, "anon", "q1", owner=anonymous)
+    turn = await ask(store, "anon", "q2", owner=Owner("key-a"))  # equal owner, extends it
+    assert contents(turn.history) == ["q1"]
+    for intruder in (Owner("key-a", ""), OWNER, Owner()):
+        with pytest.raises(ThreadNotFound):
+            await store.list_messages("anon", intruder)
 
 
 async def test_unknown_thread_is_not_found(store: Store) -> None:
@@ -195,9 +196,8 @@ async def test_delete_removes_thread_and_messages(
         await store.list_messages("t", OWNER)
     with pytest.raises(ThreadNotFound):
         await store.delete_thread("t", OWNER)
-    assert await store_target.fetch("SELECT thread_id, count(*) FROM messages GROUP BY thread_id") == [
-        ("kept", 2)
-    ]
+    per_thread = "SELECT thread_id, count(*) FROM messages GROUP BY thread_id"
+    assert await store_target.fetch(per_thread) == [("kept", 2)]
     # A stream still running when its thread was deleted cannot write into the void.
     assert not await finish(store, turn.assistant_message_id, "too late")
     # The id is free again: anyone may start a new thread under it, numbered from 1.
@@ -267,6 +267,22 @@ async def test_concurrent_turns_on_one_thread_stay_contiguous(
         assert [m.id for m in turn.history] == [m.id for m in rows[:start] if m.role == "user"]
 
 
+async def test_cancelled_turns_leave_no_partial_rows(store: Store) -> None:
+    # A client disconnect can cancel the request at any await inside begin_turn.
+    for step in range(30):
+        task = asyncio.create_task(ask(store, "t", f"q{step}a", f"q{step}b"))
+        for _ in range(step):
+            await asyncio.sleep(0)
+        await asyncio.sleep(step * 0.00005)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    turn = await ask(store, "t", "after-a", "after-b")
+    rows = await store.list_messages("t", OWNER, limit=1000)
+    assert [m.seq for m in rows] == list(range(1, len(rows) + 1))
+    assert len(rows) % 3 == 0  # whole turns only: two questions and a reserved answer
+    assert [m.id for m in rows[-3:]] == [*turn.user_message_ids, turn.assistant_message_id]
+
+
 # --- migrations, health, failures ---------------------------------------------------------
 
 
@@ -322,7 +338,8 @@ async def test_unreachable_postgres_fails_fast_without_leaking_the_url() -> None
 
 
 async def test_postgres_outage_raises_unavailable_then_recovers(pg_url: str) -> None:
-    proxy = TcpProxy("127.0.0.1", 5432)
+    database = urlsplit(pg_url)
+    proxy = TcpProxy(database.hostname or "127.0.0.1", database.port or 5432)
     await proxy.start()
     proxied = create_store(with_address(pg_url, "127.0.0.1", proxy.port))
     try:
@@ -347,8 +364,9 @@ async def test_postgres_outage_raises_unavailable_then_recovers(pg_url: str) -> 
 async def test_sqlite_unopenable_path_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
     broken = create_store(f"sqlite:///{tmp_path}/a-file/store.db")
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailable) as caught:
         await broken.open()
+    assert "a-file" not in str(caught.value)
     assert not await broken.ping()
 
 

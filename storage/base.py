@@ -1,0 +1,179 @@
+"""The storage interface: conversation threads and their messages, behind one `Store` protocol.
+
+Both backends (PostgreSQL and SQLite) implement `Store` and raise only the errors defined
+here (plus `ValueError` for bad arguments), never a driver type. Error messages never hold
+connection strings.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """Any storage failure the caller cannot fix by changing its arguments."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached (down, refusing connections, pool exhausted, not open)."""
+
+
+class ThreadNotFound(StorageError):
+    """No such thread for this owner; also raised when another owner holds the thread."""
+
+
+ROLES = frozenset({"user", "assistant"})
+PENDING = "pending"
+COMPLETE = "complete"
+# Final states of an assistant message once its stream ends.
+FINISHED_STATUSES = frozenset({"complete", "interrupted", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who a thread belongs to; both fields must match exactly (None only matches None)."""
+
+    key_name: str = ""
+    user_id: str | None = None
+
+    def matches(self, key_name: str, user_id: str | None) -> bool:
+        return self.key_name == key_name and self.user_id == user_id
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: str
+    thread_id: str
+    seq: int
+    role: str
+    content: str
+    model: str | None
+    provider: str | None
+    stop_reason: str | None
+    status: str
+    input_tokens: int | None
+    output_tokens: int | None
+    created_at: datetime  # timezone-aware UTC
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What `begin_turn` stored: the replay history and the ids of the new rows."""
+
+    history: list[StoredMessage]  # before this turn's messages, oldest first
+    user_message_ids: list[str]
+    assistant_message_id: str  # the reserved "pending" row, finished when the stream ends
+
+
+class Store(Protocol):
+    """A conversation store. Every method takes a connection for its own duration only."""
+
+    backend: str  # "postgresql" or "sqlite"
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations; raises `StorageUnavailable` if unreachable."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        """True if the database answers within about a second; never raises."""
+        ...
+
+    async def begin_turn(
+        self,
+        thread_id: str,
+        owner: Owner,
+        messages: Sequence[tuple[str, str]],
+        history_limit: int,
+    ) -> Turn:
+        """In one transaction: create the thread if missing (else check its owner), read the
+        history, append `messages` as "complete" and reserve a pending assistant row."""
+        ...
+
+    async def finish_assistant_message(
+        self,
+        message_id: str,
+        *,
+        content: str,
+        status: str,
+        model: str | None,
+        provider: str | None,
+        stop_reason: str | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+    ) -> bool:
+        """Finish a pending assistant row; False if it no longer exists or is not pending
+        (e.g. the thread was deleted while the answer streamed)."""
+        ...
+
+    async def list_messages(
+        self, thread_id: str, owner: Owner, *, limit: int = 50, before: str | None = None
+    ) -> list[StoredMessage]:
+        """The `limit` messages just before message `before` (the newest when None), oldest
+        first, pending rows included. Unknown `before` in this thread -> ValueError."""
+        ...
+
+    async def delete_thread(self, thread_id: str, owner: Owner) -> None: ...
+
+
+def new_message_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+def clean_text(text: str) -> str:
+    """Make text storable identically on both backends.
+
+    PostgreSQL `text` cannot hold NUL and neither driver can encode lone surrogates (which
+    JSON "\\ud800" escapes produce), so both are replaced rather than failing the write.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def check_limit(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def check_new_messages(messages: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Validate roles and clean contents of the messages `begin_turn` appends."""
+    cleaned = []
+    for role, content in messages:
+        if role not in ROLES:
+            raise ValueError(f"message role must be 'user' or 'assistant', got {role!r}")
+        cleaned.append((role, clean_text(content)))
+    return cleaned
+
+
+def turn_rows(
+    thread_id: str,
+    last_seq: int,
+    messages: list[tuple[str, str]],
+    user_ids: list[str],
+    assistant_id: str,
+) -> list[tuple[str, str, int, str, str, str]]:
+    """(id, thread_id, seq, role, content, status) of a turn's new rows, numbered after
+    `last_seq`: the given messages as "complete", then the pending assistant row."""
+    rows = [
+        (message_id, thread_id, last_seq + offset, role, content, COMPLETE)
+        for offset, (message_id, (role, content)) in enumerate(zip(user_ids, messages), 1)
+    ]
+    rows.append((assistant_id, thread_id, last_seq + len(rows) + 1, "assistant", "", PENDING))
+    return rows
+
+
+def check_finish_status(status: str) -> None:
+    if status not in FINISHED_STATUSES:
+        raise ValueError(
+            f"status must be one of {sorted(FINISHED_STATUSES)}, got {status!r}"
+        )

@@ -1,0 +1,281 @@
+"""PostgreSQL store on an asyncpg pool.
+
+Each method holds a pooled connection only for its own duration, never across calls (so no
+connection is held while an answer streams). `begin_turn` serializes turns on one thread by
+locking the thread row (`SELECT ... FOR UPDATE`), so concurrent requests never interleave.
+
+`open()` needs the server: if it is unreachable it raises `StorageUnavailable` and the
+caller decides whether to retry or exit. Once open, the pool reconnects by itself, calls made
+while the server is down raise `StorageUnavailable`, and `ping()` reports False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from .base import (
+    Owner,
+    StorageError,
+    StorageUnavailable,
+    StoredMessage,
+    ThreadNotFound,
+    Turn,
+    check_finish_status,
+    check_limit,
+    check_new_messages,
+    clean_text,
+    new_message_id,
+    turn_rows,
+)
+from .migrate import load_migrations, pending_migrations
+
+# Any constant works as long as every replica uses the same one.
+MIGRATION_LOCK_KEY = 0x61695F73747265  # "ai_stre"
+
+ADVISORY_LOCK = "SELECT pg_advisory_lock($1)"
+ADVISORY_UNLOCK = "SELECT pg_advisory_unlock($1)"
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)"""
+SELECT_APPLIED_VERSIONS = "SELECT version FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+
+PING = "SELECT 1"
+INSERT_THREAD = """
+INSERT INTO threads (id, key_name, user_id) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO NOTHING"""
+LOCK_THREAD = "SELECT key_name, user_id FROM threads WHERE id = $1 FOR UPDATE"
+SELECT_THREAD_OWNER = "SELECT key_name, user_id FROM threads WHERE id = $1"
+SELECT_HISTORY = """
+SELECT * FROM (
+    SELECT id, thread_id, seq, role, content, model, provider, stop_reason, status,
+           input_tokens, output_tokens, created_at
+    FROM messages
+    WHERE thread_id = $1 AND status <> 'pending' AND content <> ''
+    ORDER BY seq DESC
+    LIMIT $2
+) AS recent ORDER BY seq"""
+SELECT_LAST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE thread_id = $1"
+INSERT_MESSAGE = """
+INSERT INTO messages (id, thread_id, seq, role, content, status)
+VALUES ($1, $2, $3, $4, $5, $6)"""
+FINISH_MESSAGE = """
+UPDATE messages
+SET content = $2, status = $3, model = $4, provider = $5, stop_reason = $6,
+    input_tokens = $7, output_tokens = $8
+WHERE id = $1 AND role = 'assistant' AND status = 'pending'"""
+SELECT_MESSAGE_SEQ = "SELECT seq FROM messages WHERE id = $1 AND thread_id = $2"
+# $3 is the seq of the `before` message, or NULL for the newest page.
+SELECT_PAGE = """
+SELECT * FROM (
+    SELECT id, thread_id, seq, role, content, model, provider, stop_reason, status,
+           input_tokens, output_tokens, created_at
+    FROM messages
+    WHERE thread_id = $1 AND ($3::bigint IS NULL OR seq < $3)
+    ORDER BY seq DESC
+    LIMIT $2
+) AS page ORDER BY seq"""
+DELETE_THREAD = """
+DELETE FROM threads
+WHERE id = $1 AND key_name = $2 AND user_id IS NOT DISTINCT FROM $3"""
+
+# Failures that mean "the database is not reachable right now" rather than a bad query.
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # e.g. "pool is closing" during shutdown
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,  # database does not exist
+)
+
+
+def _to_message(row: asyncpg.Record) -> StoredMessage:
+    # asyncpg returns timestamptz as an aware datetime in UTC.
+    return StoredMessage(**dict(row.items()))
+
+
+def _affected_rows(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "DELETE 1" or "UPDATE 0".
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    backend = "postgresql"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 5.0,
+        acquire_timeout: float = 10.0,
+        command_timeout: float = 30.0,
+        ping_timeout: float = 1.0,
+    ) -> None:
+        self._dsn = dsn
+        self._pool_options = {
+            "min_size": min_size,
+            "max_size": max_size,
+            "timeout": connect_timeout,
+            "command_timeout": command_timeout,
+            "server_settings": {"application_name": "ai-stream"},
+        }
+        self._connect_timeout = connect_timeout
+        self._acquire_timeout = acquire_timeout
+        self._ping_timeout = ping_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return "PostgresStore()"  # never show the DSN: it may hold a password
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            await self._migrate()
+            self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
+        except ValueError as exc:  # includes asyncpg.ClientConfigurationError
+            raise ValueError(f"DATABASE_URL is not a valid PostgreSQL URL ({exc})") from None
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StorageUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"PostgreSQL error {exc.sqlstate} during open") from exc
+
+    async def _migrate(self) -> None:
+        # A dedicated connection, not a pooled one: closing it ends the session and so always
+        # releases the advisory lock, even if unlocking fails.
+        conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+        try:
+            # Replicas starting together wait here; the first applies, the others find nothing.
+            await conn.execute(ADVISORY_LOCK, MIGRATION_LOCK_KEY)
+            await conn.execute(CREATE_MIGRATIONS_TABLE)
+            applied = {row["version"] for row in await conn.fetch(SELECT_APPLIED_VERSIONS)}
+            for migration in pending_migrations(load_migrations(self.backend), applied):
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(RECORD_MIGRATION, migration.version, migration.name)
+            await conn.execute(ADVISORY_UNLOCK, MIGRATION_LOCK_KEY)
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            # Waits for connections in use to come back; don't let one stuck query block exit.
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except TimeoutError:
+            pool.terminate()
+
+    async def ping(self) -> bool:
+        pool = self._pool
+        if pool is None:
+            return False
+        try:
+            async with asyncio.timeout(self._ping_timeout):
+                async with pool.acquire() as conn:
+                    await conn.fetchval(PING)
+        except Exception:
+            return False
+        return True
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one call, with driver errors mapped to ours."""
+        pool = self._pool
+        if pool is None:
+            raise StorageUnavailable("store is not open")
+        try:
+            async with pool.acquire(timeout=self._acquire_timeout) as conn:
+                yield conn
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StorageUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"PostgreSQL error {exc.sqlstate} ({type(exc).__name__})") from exc
+
+    async def begin_turn(
+        self,
+        thread_id: str,
+        owner: Owner,
+        messages: Sequence[tuple[str, str]],
+        history_limit: int,
+    ) -> Turn:
+        check_limit("history_limit", history_limit)
+        new_messages = check_new_messages(messages)
+        user_ids = [new_message_id() for _ in new_messages]
+        assistant_id = new_message_id()
+        async with self._connection() as conn, conn.transaction():
+            thread = None
+            # The row may vanish between insert and lock if the thread is deleted right then;
+            # inserting again makes a fresh thread, as a request a moment later would.
+            for _ in range(3):
+                await conn.execute(INSERT_THREAD, thread_id, owner.key_name, owner.user_id)
+                thread = await conn.fetchrow(LOCK_THREAD, thread_id)
+                if thread is not None:
+                    break
+            if thread is None:
+                raise StorageError("thread was deleted repeatedly while being written")
+            if not owner.matches(thread["key_name"], thread["user_id"]):
+                raise ThreadNotFound(thread_id)
+            # Holding the row lock: no other turn on this thread reads or writes until commit.
+            rows = await conn.fetch(SELECT_HISTORY, thread_id, history_limit)
+            history = [_to_message(row) for row in rows]
+            last_seq = await conn.fetchval(SELECT_LAST_SEQ, thread_id)
+            new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id)
+            await conn.executemany(INSERT_MESSAGE, new_rows)
+        return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
+
+    async def finish_assistant_message(
+        self,
+        message_id: str,
+        *,
+        content: str,
+        status: str,
+        model: str | None,
+        provider: str | None,
+        stop_reason: str | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+    ) -> bool:
+        check_finish_status(status)
+        async with self._connection() as conn:
+            result = await conn.execute(
+                FINISH_MESSAGE, message_id, clean_text(content), status, model, provider,
+                stop_reason, input_tokens, output_tokens,
+            )
+        return _affected_rows(result) == 1
+
+    async def list_messages(
+        self, thread_id: str, owner: Owner, *, limit: int = 50, before: str | None = None
+    ) -> list[StoredMessage]:
+        check_limit("limit", limit)
+        async with self._connection() as conn:
+            thread = await conn.fetchrow(SELECT_THREAD_OWNER, thread_id)
+            if thread is None or not owner.matches(thread["key_name"], thread["user_id"]):
+                raise ThreadNotFound(thread_id)
+            before_seq = None
+            if before is not None:
+                before_seq = await conn.fetchval(SELECT_MESSAGE_SEQ, before, thread_id)
+                if before_seq is None:
+                    raise ValueError(f"message {before!r} is not in thread {thread_id!r}")
+            rows = await conn.fetch(SELECT_PAGE, thread_id, limit, before_seq)
+        return [_to_message(row) for row in rows]
+
+    async def delete_thread(self, thread_id: str, owner: Owner) -> None:
+        # Messages go with the thread (ON DELETE CASCADE).
+        async with self._connection() as conn:
+            result = await conn.execute(DELETE_THREAD, thread_id, owner.key_name, owner.user_id)
+        if _affected_rows(result) == 0:
+            raise ThreadNotFound(thread_id)

@@ -1,0 +1,296 @@
+"""SQLite store: one aiosqlite connection to a database file, for single-node deployments.
+
+aiosqlite runs every statement on one worker thread, so a statement from one asyncio task
+would silently join another task's open transaction. An `asyncio.Lock` therefore wraps every
+use of the connection (reads included), and each write transaction starts with
+`BEGIN IMMEDIATE`, which also takes SQLite's write lock up front so other processes sharing
+the file wait (busy timeout) instead of failing half way through a turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+
+from .base import (
+    Owner,
+    StorageError,
+    StorageUnavailable,
+    StoredMessage,
+    ThreadNotFound,
+    Turn,
+    check_finish_status,
+    check_limit,
+    check_new_messages,
+    clean_text,
+    new_message_id,
+    turn_rows,
+)
+from .migrate import load_migrations, pending_migrations, split_statements
+
+# WAL lets readers in other processes work during a write; NORMAL sync is safe with WAL
+# (a power cut may lose the last commits, never corrupt the file).
+CONNECTION_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",  # per connection; needed for ON DELETE CASCADE
+)
+BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    applied_at  TEXT NOT NULL
+)"""
+SELECT_APPLIED_VERSIONS = "SELECT version FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
+
+PING = "SELECT 1"
+INSERT_THREAD = """
+INSERT OR IGNORE INTO threads (id, key_name, user_id, created_at) VALUES (?, ?, ?, ?)"""
+SELECT_THREAD_OWNER = "SELECT key_name, user_id FROM threads WHERE id = ?"
+SELECT_HISTORY = """
+SELECT * FROM (
+    SELECT id, thread_id, seq, role, content, model, provider, stop_reason, status,
+           input_tokens, output_tokens, created_at
+    FROM messages
+    WHERE thread_id = ? AND status <> 'pending' AND content <> ''
+    ORDER BY seq DESC
+    LIMIT ?
+) ORDER BY seq"""
+SELECT_LAST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE thread_id = ?"
+INSERT_MESSAGE = """
+INSERT INTO messages (id, thread_id, seq, role, content, status, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)"""
+FINISH_MESSAGE = """
+UPDATE messages
+SET content = ?, status = ?, model = ?, provider = ?, stop_reason = ?,
+    input_tokens = ?, output_tokens = ?
+WHERE id = ? AND role = 'assistant' AND status = 'pending'"""
+SELECT_MESSAGE_SEQ = "SELECT seq FROM messages WHERE id = ? AND thread_id = ?"
+# ?3 is the seq of the `before` message, or NULL for the newest page.
+SELECT_PAGE = """
+SELECT * FROM (
+    SELECT id, thread_id, seq, role, content, model, provider, stop_reason, status,
+           input_tokens, output_tokens, created_at
+    FROM messages
+    WHERE thread_id = ?1 AND (?3 IS NULL OR seq < ?3)
+    ORDER BY seq DESC
+    LIMIT ?2
+) ORDER BY seq"""
+DELETE_THREAD = "DELETE FROM threads WHERE id = ? AND key_name = ? AND user_id IS ?"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _to_message(row: sqlite3.Row | tuple) -> StoredMessage:
+    *fields, created_at = row
+    return StoredMessage(*fields, created_at=datetime.fromisoformat(created_at))
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # Queued on aiosqlite's thread even while this task is being cancelled, so it runs after
+    # the interrupted statement. It fails only if SQLite already rolled back; keep the
+    # original error then.
+    try:
+        await conn.execute(ROLLBACK)
+    except sqlite3.Error:
+        pass
+
+
+def _map_error(exc: OSError | sqlite3.Error) -> StorageError:
+    if isinstance(exc, OSError):  # the folder cannot be created; strerror omits the path
+        return StorageUnavailable(f"SQLite database is unavailable ({exc.strerror or exc})")
+    if isinstance(exc, sqlite3.OperationalError):  # locked, I/O error, cannot open the file
+        return StorageUnavailable(f"SQLite database is unavailable ({exc})")
+    return StorageError(f"SQLite error ({type(exc).__name__}: {exc})")
+
+
+class SqliteStore:
+    backend = "sqlite"
+
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 5.0, ping_timeout: float = 1.0
+    ) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._ping_timeout = ping_timeout
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None  # we BEGIN/COMMIT
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise _map_error(exc) from exc
+        try:
+            await self._set_up(conn)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise _map_error(exc) from exc
+            raise
+        self._conn = conn
+
+    async def _set_up(self, conn: aiosqlite.Connection) -> None:
+        # Switching a new file to WAL (or recovering a WAL) can report "database is locked"
+        # at once, without waiting the busy timeout, when several connections open together.
+        deadline = asyncio.get_running_loop().time() + self._busy_timeout
+        while True:
+            try:
+                for pragma in CONNECTION_PRAGMAS:
+                    await conn.execute_fetchall(pragma)
+                await self._migrate(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        # All pending migrations in one write transaction: another process opening the same
+        # file at once waits on the lock, then finds them applied.
+        try:
+            await conn.execute(BEGIN_IMMEDIATE)
+            await conn.execute(CREATE_MIGRATIONS_TABLE)
+            applied = {row[0] for row in await conn.execute_fetchall(SELECT_APPLIED_VERSIONS)}
+            for migration in pending_migrations(load_migrations(self.backend), applied):
+                for statement in split_statements(migration.sql):
+                    await conn.execute(statement)
+                await conn.execute(RECORD_MIGRATION, (migration.version, migration.name, _now()))
+            await conn.execute(COMMIT)
+        except BaseException:
+            await _rollback(conn)
+            raise
+
+    async def close(self) -> None:
+        async with self._lock:  # let a running transaction finish first
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+    async def ping(self) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            # No lock: SELECT 1 is harmless inside another task's transaction, and waiting
+            # behind a long write would report a healthy database as down.
+            async with asyncio.timeout(self._ping_timeout):
+                await conn.execute_fetchall(PING)
+        except Exception:
+            return False
+        return True
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Exclusive use of the connection for one call, with driver errors mapped to ours."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StorageUnavailable("store is not open")
+            try:
+                yield conn
+            except (OSError, sqlite3.Error) as exc:
+                raise _map_error(exc) from exc
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._connection() as conn:
+            try:
+                # Inside the try: if the task is cancelled while BEGIN is queued, BEGIN still
+                # runs on aiosqlite's thread and must be rolled back.
+                await conn.execute(BEGIN_IMMEDIATE)
+                yield conn
+                await conn.execute(COMMIT)
+            except BaseException:
+                await _rollback(conn)
+                raise
+
+    async def begin_turn(
+        self,
+        thread_id: str,
+        owner: Owner,
+        messages: Sequence[tuple[str, str]],
+        history_limit: int,
+    ) -> Turn:
+        check_limit("history_limit", history_limit)
+        new_messages = check_new_messages(messages)
+        user_ids = [new_message_id() for _ in new_messages]
+        assistant_id = new_message_id()
+        now = _now()
+        async with self._transaction() as conn:
+            await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
+            [thread] = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not owner.matches(*thread):
+                raise ThreadNotFound(thread_id)
+            rows = await conn.execute_fetchall(SELECT_HISTORY, (thread_id, history_limit))
+            history = [_to_message(row) for row in rows]
+            [(last_seq,)] = await conn.execute_fetchall(SELECT_LAST_SEQ, (thread_id,))
+            new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id)
+            await conn.executemany(INSERT_MESSAGE, [(*row, now) for row in new_rows])
+        return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
+
+    async def finish_assistant_message(
+        self,
+        message_id: str,
+        *,
+        content: str,
+        status: str,
+        model: str | None,
+        provider: str | None,
+        stop_reason: str | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+    ) -> bool:
+        check_finish_status(status)
+        params = (clean_text(content), status, model, provider, stop_reason,
+                  input_tokens, output_tokens, message_id)
+        async with self._connection() as conn:
+            cursor = await conn.execute(FINISH_MESSAGE, params)
+            return cursor.rowcount == 1
+
+    async def list_messages(
+        self, thread_id: str, owner: Owner, *, limit: int = 50, before: str | None = None
+    ) -> list[StoredMessage]:
+        check_limit("limit", limit)
+        async with self._connection() as conn:
+            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not threads or not owner.matches(*threads[0]):
+                raise ThreadNotFound(thread_id)
+            before_seq = None
+            if before is not None:
+                found = await conn.execute_fetchall(SELECT_MESSAGE_SEQ, (before, thread_id))
+                if not found:
+                    raise ValueError(f"message {before!r} is not in thread {thread_id!r}")
+                [(before_seq,)] = found
+            rows = await conn.execute_fetchall(SELECT_PAGE, (thread_id, limit, before_seq))
+        return [_to_message(row) for row in rows]
+
+    async def delete_thread(self, thread_id: str, owner: Owner) -> None:
+        # Messages go with the thread (ON DELETE CASCADE, foreign_keys is on).
+        async with self._connection() as conn:
+            cursor = await conn.execute(DELETE_THREAD, (thread_id, owner.key_name, owner.user_id))
+            deleted = cursor.rowcount
+        if deleted == 0:
+            raise ThreadNotFound(thread_id)
