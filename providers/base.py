@@ -73,6 +73,7 @@ ErrorCode = Literal[
     "authentication_failed",
     "model_not_found",
     "no_models_available",
+    "shutting_down",
 ]
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 
 from providers.base import AttemptFailed, ModelRequest, Provider, ProviderError, StreamEvent
+from providers.circuit import Circuit
 
 # When models fail differently, the client hears about the most transient failure: these
 # tiers first, and within a tier the last model's.
@@ -25,10 +27,17 @@ class FallbackChain:
         *,
         first_token_timeout: float,
         retry_after_max: float = 3.0,
+        cooldown_failures: int = 3,
+        cooldown_seconds: float = 30.0,
+        circuits: dict[str, Circuit] | None = None,
     ) -> None:
         self.models = tuple(models)
         self.first_token_timeout = first_token_timeout
         self.retry_after_max = retry_after_max
+        # Shared by every view of the chain (see `starting_at`): one circuit per model.
+        self.circuits = circuits if circuits is not None else {
+            m.name: Circuit(cooldown_failures, cooldown_seconds) for m in self.models
+        }
 
     def starting_at(self, name: str) -> FallbackChain:
         """The same chain, started at the model `name` (its full `provider/model` name)."""
@@ -37,27 +46,62 @@ class FallbackChain:
             self.models[names.index(name) :],
             first_token_timeout=self.first_token_timeout,
             retry_after_max=self.retry_after_max,
+            circuits=self.circuits,
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         errors: list[ProviderError] = []
+        answered = [False]
+        cooling: list[Provider] = []
         for model in self.models:
-            retried = False
+            if not self.circuits[model.name].try_acquire():
+                cooling.append(model)  # skipped while its circuit is open
+                continue
+            async for event in self._attempt(model, request, errors, answered):
+                yield event
+            if answered[0]:
+                return
+        if not errors:
+            # Every model is cooling down: trying them in order beats failing without trying.
+            for model in cooling:
+                async for event in self._attempt(model, request, errors, answered):
+                    yield event
+                if answered[0]:
+                    return
+        raise _final_error(errors)
+
+    async def _attempt(
+        self, model: Provider, request: ModelRequest, errors: list[ProviderError], answered: list[bool]
+    ) -> AsyncIterator[StreamEvent]:
+        """One model: its events, or (before any text) a failure recorded in `errors`.
+        A failure after text, or one that another model cannot fix, is raised."""
+        circuit = self.circuits[model.name]
+        verdict = False
+        retried = False
+        try:
             while True:
                 started = False
                 try:
                     async with asyncio.timeout(self.first_token_timeout) as first_token:
-                        async for event in model.stream(request):
-                            if not started:
-                                started = True
-                                first_token.reschedule(None)
-                            yield event
+                        async with aclosing(model.stream(request)) as events:
+                            async for event in events:
+                                if not started:
+                                    started = True
+                                    first_token.reschedule(None)
+                                yield event
+                    verdict = answered[0] = True
+                    circuit.succeeded()
                     return
                 except ProviderError as exc:
+                    if exc.code != "invalid_request":  # the request's fault, not the model's
+                        verdict = True
+                        circuit.failed()
                     if started or not exc.fallback:
                         raise
                     error = exc
                 except TimeoutError:
+                    verdict = True
+                    circuit.failed()
                     if started:
                         raise
                     provider, _, model_name = model.name.partition("/")
@@ -76,13 +120,16 @@ class FallbackChain:
                     retried = True
                     await asyncio.sleep(wait)
                     continue
-                break
-        raise _final_error(errors, len(self.models))
+                return
+        finally:
+            if not verdict:
+                circuit.released()  # cancelled mid-attempt: no verdict on the model
 
 
-def _final_error(errors: list[ProviderError], tried: int) -> ProviderError:
+def _final_error(errors: list[ProviderError]) -> ProviderError:
     if not errors:
         return ProviderError("no_models_available", "No model is configured with credentials.")
+    tried = len({(e.provider, e.model) for e in errors})
     chosen = errors[-1]
     for tier in reversed(_TIERS):
         chosen = next((e for e in reversed(errors) if e.code in tier), chosen)

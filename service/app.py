@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import structlog
 from aiohttp import web
 
 from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
 from service.conversations import add_thread_routes, storage_context
 from service.errors import add_request_id, request_middleware
-from service.keys import CHAIN, OPEN_STREAMS, REGISTRY, SETTINGS
+from service.keys import CHAIN, IN_FLIGHT, LIMITER, REGISTRY, SETTINGS
+from service.limits import RateLimiter, client_of
+from service.security import PROTECTED_PREFIX, auth_middleware, setup_cors
 from service.routes import add_routes
 from service.settings import Settings
+
+log = structlog.get_logger("ai_stream")
 
 
 def create_app(settings: Settings) -> web.Application:
     # The body limit is enforced (with a JSON 413) by the handlers; aiohttp's own cap sits just above it.
-    app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes + 1)
+    app = web.Application(
+        middlewares=[request_middleware, auth_middleware(settings), rate_limit_middleware],
+        client_max_size=settings.max_body_bytes + 1,
+    )
     app[SETTINGS] = settings
-    app[OPEN_STREAMS] = weakref.WeakSet()
+    app[IN_FLIGHT] = weakref.WeakSet()
+    app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.max_concurrent_streams, settings.max_total_streams)
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(_models)
     app.on_response_prepare.append(add_request_id)
-    app.on_shutdown.append(_end_open_streams)
+    app.on_shutdown.append(_drain)
     add_routes(app)
     add_thread_routes(app)
+    setup_cors(app, settings.cors_origins)
     return app
 
 
@@ -44,13 +55,35 @@ async def _models(app: web.Application) -> AsyncIterator[None]:
         registry.models,
         first_token_timeout=settings.first_token_timeout,
         retry_after_max=settings.retry_after_max,
+        cooldown_failures=settings.cooldown_failures,
+        cooldown_seconds=settings.cooldown_seconds,
     )
     yield
     await registry.close()
 
 
-async def _end_open_streams(app: web.Application) -> None:
-    """Stop keep-alive pings so that open streams do not hold the server open."""
-    for stream in list(app[OPEN_STREAMS]):
-        if stream.is_connected():
-            stream.stop_streaming()
+async def _drain(app: web.Application) -> None:
+    """on_shutdown (the listening socket is already closed): let open answers finish for up to
+    AI_SHUTDOWN_GRACE seconds, then end the rest with an `error` event, code `shutting_down`."""
+    in_flight = app[IN_FLIGHT]
+    loop = asyncio.get_running_loop()
+    until = loop.time() + app[SETTINGS].shutdown_grace
+    if in_flight:
+        log.info("draining", open_answers=len(in_flight), grace_seconds=app[SETTINGS].shutdown_grace)
+    while in_flight and loop.time() < until:
+        await asyncio.sleep(0.05)
+    for cutoff in list(in_flight):
+        cutoff.end_now()
+    # Give the ended answers a moment to write their last event and store what they have.
+    while in_flight and loop.time() < until + 5:
+        await asyncio.sleep(0.01)
+
+
+@web.middleware
+async def rate_limit_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Requests per minute, per client, on the `/ai/...` routes (after authentication)."""
+    if request.path.startswith(PROTECTED_PREFIX) and request.method != "OPTIONS":
+        request.app[LIMITER].admit(client_of(request))
+    return await handler(request)

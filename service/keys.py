@@ -13,13 +13,16 @@ if TYPE_CHECKING:
     import asyncio
 
     from service.conversations import StorageState
+    from service.limits import RateLimiter
+    from service.relay import Cutoff
     from service.settings import Settings
-    from service.sse import EventStream
 
 SETTINGS = web.AppKey("settings", "Settings")
 REGISTRY = web.AppKey("registry", "ModelRegistry")
 CHAIN = web.AppKey("chain", "FallbackChain")
-OPEN_STREAMS = web.AppKey("open_streams", "weakref.WeakSet[EventStream]")
+# Answers in progress (streamed or not): shutdown ends those still open after its grace period.
+IN_FLIGHT = web.AppKey("in_flight", "weakref.WeakSet[Cutoff]")
+LIMITER = web.AppKey("limiter", "RateLimiter")
 STORAGE = web.AppKey("storage", "StorageState")
 # Answers being written to the store; shutdown waits for them before closing it.
 PENDING_WRITES = web.AppKey("pending_writes", "set[asyncio.Task[bool]]")

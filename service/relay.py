@@ -7,6 +7,7 @@ Whatever happens upstream, a stream ends with exactly one terminal event (`done`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableSet
 from contextlib import aclosing
@@ -26,9 +27,51 @@ STATUS_FOR_CODE = {
     "no_models_available": 503,
     "timeout": 504,
     "invalid_request": 502,
+    "shutting_down": 503,
 }
 
 TIMEOUT_MESSAGE = "The answer took longer than this service allows."
+SHUTDOWN_MESSAGE = "The service is restarting; please send the request again."
+
+
+class Cutoff:
+    """The time limit of one answer, which a shutdown can bring forward to now."""
+
+    __slots__ = ("timeout", "shutting_down", "__weakref__")
+
+    def __init__(self) -> None:
+        self.timeout: asyncio.Timeout | None = None
+        self.shutting_down = False
+
+    def end_now(self) -> None:
+        self.shutting_down = True
+        if self.timeout is not None:
+            with contextlib.suppress(RuntimeError):  # the answer is already past its deadline block
+                self.timeout.reschedule(asyncio.get_running_loop().time())
+
+    def error(self) -> ProviderError:
+        """What a fired time limit means for the client."""
+        if self.shutting_down:
+            return ProviderError("shutting_down", SHUTDOWN_MESSAGE, retryable=True)
+        return ProviderError("timeout", TIMEOUT_MESSAGE, retryable=True)
+
+
+async def _consume_until(
+    cutoff: Cutoff,
+    deadline: float,
+    provider: Provider,
+    model_request: ModelRequest,
+    outcome: Outcome,
+    on_text: Callable[[str], Awaitable[None]] | None,
+) -> None:
+    """`_consume` within the deadline; failures end up in `outcome.error`."""
+    try:
+        async with asyncio.timeout(deadline) as cutoff.timeout:
+            await _consume(provider, model_request, outcome, on_text)
+    except ProviderError as exc:
+        outcome.error = exc
+    except TimeoutError:
+        outcome.error = cutoff.error()
 
 
 @dataclass
@@ -105,7 +148,7 @@ async def stream_answer(
     *,
     deadline: float,
     ping_interval: float,
-    open_streams: MutableSet[EventStream] | None = None,
+    in_flight: MutableSet[Cutoff],
     on_end: Callable[[Outcome], Awaitable[dict[str, Any]]] | None = None,
 ) -> tuple[EventStream, Outcome]:
     """Stream the answer as SSE.
@@ -127,17 +170,11 @@ async def stream_answer(
     async def send_text(text: str) -> None:
         await response.write(content_event(text))
 
+    cutoff = Cutoff()
+    in_flight.add(cutoff)
     try:
         await response.prepare(request)
-        if open_streams is not None:
-            open_streams.add(response)
-        try:
-            async with asyncio.timeout(deadline):
-                await _consume(provider, model_request, outcome, send_text)
-        except ProviderError as exc:
-            outcome.error = exc
-        except TimeoutError:
-            outcome.error = ProviderError("timeout", TIMEOUT_MESSAGE, retryable=True)
+        await _consume_until(cutoff, deadline, provider, model_request, outcome, send_text)
         if outcome.finish is not None:
             payload = done_payload(outcome.finish)
             payload.update(await end())
@@ -155,24 +192,24 @@ async def stream_answer(
         if isinstance(exc, asyncio.CancelledError):
             raise
     finally:
-        if open_streams is not None:
-            open_streams.discard(response)
+        in_flight.discard(cutoff)
         if response.is_connected():
             response.stop_streaming()
         request_log(request).update(outcome.log_fields())
     return response, outcome
 
 
-async def collect_answer(provider: Provider, model_request: ModelRequest, *, deadline: float) -> tuple[Outcome, int]:
+async def collect_answer(
+    provider: Provider, model_request: ModelRequest, *, deadline: float, in_flight: MutableSet[Cutoff]
+) -> tuple[Outcome, int]:
     """The whole answer at once, for `stream: false`; returns it with the HTTP status to use."""
     outcome = Outcome()
+    cutoff = Cutoff()
+    in_flight.add(cutoff)
     try:
-        async with asyncio.timeout(deadline):
-            await _consume(provider, model_request, outcome, None)
-    except ProviderError as exc:
-        outcome.error = exc
-    except TimeoutError:
-        outcome.error = ProviderError("timeout", TIMEOUT_MESSAGE, retryable=True)
+        await _consume_until(cutoff, deadline, provider, model_request, outcome, None)
+    finally:
+        in_flight.discard(cutoff)
     if outcome.finish is None and outcome.error is None:
         outcome.error = ProviderError("upstream_error", "The model's answer ended unexpectedly.")
     status = 200 if outcome.finish is not None else STATUS_FOR_CODE.get(outcome.error.code, 502)  # type: ignore[union-attr]

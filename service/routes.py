@@ -16,7 +16,8 @@ from service.body import invalid, read_json, validate
 from service.datecontext import with_date_context
 from service.errors import ApiError, request_log
 from service.conversations import begin_turn, replay, store_answer
-from service.keys import CHAIN, OPEN_STREAMS, REGISTRY, SETTINGS, STORAGE
+from service.keys import CHAIN, IN_FLIGHT, LIMITER, REGISTRY, SETTINGS, STORAGE
+from service.limits import check_input, client_of
 from service.relay import Outcome, collect_answer, done_payload, stream_answer
 from service.schemas import ChatBody, GenerateBody
 
@@ -63,11 +64,13 @@ async def _answer(
             model_request,
             deadline=settings.request_timeout,
             ping_interval=settings.keepalive_interval,
-            open_streams=request.app[OPEN_STREAMS],
+            in_flight=request.app[IN_FLIGHT],
             on_end=on_end,
         )
         return response
-    outcome, status = await collect_answer(provider, model_request, deadline=settings.request_timeout)
+    outcome, status = await collect_answer(
+        provider, model_request, deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT]
+    )
     stored = await on_end(outcome) if on_end is not None else {}
     request_log(request).update(outcome.log_fields())
     if outcome.finish is None:
@@ -86,6 +89,7 @@ def _require_models(request: web.Request) -> None:
 async def generate(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     body = validate(GenerateBody, await read_json(request, settings.max_body_bytes), settings)
+    check_input(settings, 1, len(body.prompt) + len(body.system_prompt or ""))
     provider = _chain_for(request, body.model)
     _require_models(request)
     model_request = ModelRequest(
@@ -94,13 +98,15 @@ async def generate(request: web.Request) -> web.StreamResponse:
         system=_system_prompt(request, body.system_prompt, body.timezone),
         temperature=body.temperature,
     )
-    return await _answer(request, provider, model_request, body.stream)
+    with request.app[LIMITER].stream(client_of(request)):
+        return await _answer(request, provider, model_request, body.stream)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     started = time.monotonic()
     body = validate(ChatBody, await read_json(request, settings.max_body_bytes), settings)
+    check_input(settings, len(body.messages), sum(len(m.content) for m in body.messages) + len(body.system or ""))
     provider = _chain_for(request, body.model)
     _require_models(request)
     # `system` messages are folded into the system prompt, in order, after the `system` field.
@@ -109,26 +115,34 @@ async def chat(request: web.Request) -> web.StreamResponse:
     messages = tuple(Message(m.role, m.content) for m in body.messages if m.role != "system")
     if not messages:
         raise invalid([{"field": "messages", "message": "messages must hold at least one user or assistant message"}])
-    on_end = None
-    if body.thread_id is not None:
-        request_log(request)["thread_id"] = body.thread_id
-        turn = await begin_turn(request, body.thread_id, body.user_id, messages)
-        messages = replay(turn.history) + messages
-        on_end = store_answer(request, turn.assistant_message_id, started + settings.request_timeout)
-    model_request = ModelRequest(
-        messages=messages,
-        max_tokens=body.max_tokens or settings.default_max_tokens,
-        system=_system_prompt(request, "\n\n".join(system_parts), body.timezone),
-        temperature=body.temperature,
-    )
-    return await _answer(request, provider, model_request, body.stream, on_end)
+    with request.app[LIMITER].stream(client_of(request)):
+        on_end = None
+        if body.thread_id is not None:
+            request_log(request)["thread_id"] = body.thread_id
+            turn = await begin_turn(request, body.thread_id, body.user_id, messages)
+            messages = replay(turn.history) + messages
+            on_end = store_answer(request, turn.assistant_message_id, started + settings.request_timeout)
+        model_request = ModelRequest(
+            messages=messages,
+            max_tokens=body.max_tokens or settings.default_max_tokens,
+            system=_system_prompt(request, "\n\n".join(system_parts), body.timezone),
+            temperature=body.temperature,
+        )
+        return await _answer(request, provider, model_request, body.stream, on_end)
 
 
 async def health(request: web.Request) -> web.Response:
     """Configuration only: never calls a model, so it answers in microseconds."""
     registry = request.app[REGISTRY]
+    circuits = request.app[CHAIN].circuits
     models = [
-        {"name": info.name, "provider": info.provider, "model": info.model, "has_credentials": info.has_credentials}
+        {
+            "name": info.name,
+            "provider": info.provider,
+            "model": info.model,
+            "has_credentials": info.has_credentials,
+            **({"circuit": circuits[info.name].snapshot()} if info.name in circuits else {}),
+        }
         for info in registry.info
     ]
     primary = registry.info[0]
@@ -144,7 +158,7 @@ async def health(request: web.Request) -> web.Response:
             "model": primary.model,
             "provider": primary.provider,
             "models": models,
-            "open_streams": len(request.app[OPEN_STREAMS]),
+            "open_streams": len(request.app[IN_FLIGHT]),
             "storage": {"backend": storage.store.backend, "ok": storage.ok},
             "version": __version__,
         }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import re
 import zoneinfo
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -49,6 +53,35 @@ def parse_models(value: object) -> list[ModelSpec]:
     return specs
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    key: str = field(repr=False)
+
+
+def parse_api_keys(value: object) -> list[ApiKey]:
+    """`name:KEY,KEY2`: a key without a name is named after a hash of itself, which stays stable."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list | tuple):
+        return [item if isinstance(item, ApiKey) else parse_api_keys(str(item))[0] for item in value]
+    else:
+        raise ValueError("must be a comma-separated list of keys, each optionally name:KEY")
+    keys: list[ApiKey] = []
+    for item in items:
+        name, sep, key = item.partition(":")
+        if not sep:
+            name, key = "key-" + hashlib.sha256(item.encode()).hexdigest()[:8], item
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise ValueError("a key name must be 1-64 letters, digits, '.', '-' or '_'")
+        if len(key) < 16:
+            raise ValueError(f"the key named {name!r} is shorter than 16 characters")
+        if any(k.name == name for k in keys):
+            raise ValueError(f"the key name {name!r} is used twice")
+        keys.append(ApiKey(name, key))
+    return keys
+
+
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
@@ -89,6 +122,19 @@ class Settings(BaseSettings):
     storage_check_interval: PositiveSeconds = Field(5.0, validation_alias=AliasChoices("AI_STORAGE_CHECK_INTERVAL", "storage_check_interval"))
     shutdown_write_timeout: PositiveSeconds = Field(10.0, validation_alias=AliasChoices("AI_SHUTDOWN_WRITE_TIMEOUT", "shutdown_write_timeout"))
 
+    # Safe to expose: who may call, from where, how much.
+    api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("AI_API_KEYS", "api_keys"))
+    allow_unauthenticated: bool = Field(False, validation_alias=AliasChoices("AI_ALLOW_UNAUTHENTICATED", "allow_unauthenticated"))
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("AI_CORS_ORIGINS", "cors_origins"))
+    max_messages: int = Field(200, ge=1, validation_alias=AliasChoices("AI_MAX_MESSAGES", "max_messages"))
+    max_input_chars: int = Field(400_000, ge=1, validation_alias=AliasChoices("AI_MAX_INPUT_CHARS", "max_input_chars"))
+    rate_limit_rpm: int = Field(600, ge=0, validation_alias=AliasChoices("AI_RATE_LIMIT_RPM", "rate_limit_rpm"))
+    max_concurrent_streams: int = Field(50, ge=0, validation_alias=AliasChoices("AI_MAX_CONCURRENT_STREAMS", "max_concurrent_streams"))
+    max_total_streams: int = Field(1000, ge=0, validation_alias=AliasChoices("AI_MAX_TOTAL_STREAMS", "max_total_streams"))
+    cooldown_failures: int = Field(3, ge=1, validation_alias=AliasChoices("AI_COOLDOWN_FAILURES", "cooldown_failures"))
+    cooldown_seconds: float = Field(30.0, ge=0, validation_alias=AliasChoices("AI_COOLDOWN_SECONDS", "cooldown_seconds"))
+    shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias=AliasChoices("AI_LOG_LEVEL", "log_level"))
     log_format: Literal["json", "console"] | None = Field(None, validation_alias=AliasChoices("AI_LOG_FORMAT", "log_format"))
 
@@ -96,6 +142,22 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_models(cls, value: object) -> list[ModelSpec]:
         return parse_models(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> list[ApiKey]:
+        return parse_api_keys(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> list[str]:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        origins = [str(item).rstrip("/") for item in value]  # type: ignore[union-attr]
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example.com (or *)")
+        return origins
 
     @field_validator("default_timezone")
     @classmethod
@@ -140,6 +202,20 @@ def load_settings(**overrides: object) -> Settings:
         create_store(settings.database_url)
     except ValueError as exc:
         raise ConfigError(f"invalid setting DATABASE_URL: {exc}") from None
+    if not settings.api_keys and not settings.allow_unauthenticated and not is_loopback(settings.host):
+        raise ConfigError(
+            f"refusing to listen on HOST={settings.host} without AI_API_KEYS; set AI_API_KEYS, "
+            "or AI_ALLOW_UNAUTHENTICATED=true for a private network"
+        )
     if settings.default_max_tokens > settings.max_tokens_limit:
         raise ConfigError("invalid setting AI_DEFAULT_MAX_TOKENS: must not exceed AI_MAX_TOKENS_LIMIT")
     return settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

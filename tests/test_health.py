@@ -16,10 +16,11 @@ async def test_health_reports_configuration(client, fake_upstream, path):
     assert body["streaming_enabled"] is True and body["supports_streaming"] is True
     assert body["format"] == "Server-Sent Events (SSE)"
     assert body["model"] == "claude-primary" and body["provider"] == "anthropic"
+    closed = {"state": "closed", "consecutive_failures": 0, "retry_in_seconds": 0.0}
     assert body["models"] == [
-        {"name": "anthropic/claude-primary", "provider": "anthropic", "model": "claude-primary", "has_credentials": True},
-        {"name": "anthropic/claude-backup", "provider": "anthropic", "model": "claude-backup", "has_credentials": True},
-        {"name": "openai/gpt-fallback", "provider": "openai", "model": "gpt-fallback", "has_credentials": True},
+        {"name": "anthropic/claude-primary", "provider": "anthropic", "model": "claude-primary", "has_credentials": True, "circuit": closed},
+        {"name": "anthropic/claude-backup", "provider": "anthropic", "model": "claude-backup", "has_credentials": True, "circuit": closed},
+        {"name": "openai/gpt-fallback", "provider": "openai", "model": "gpt-fallback", "has_credentials": True, "circuit": closed},
     ]
     assert body["version"] == __version__
     assert fake_upstream.requests == []

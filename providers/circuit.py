@@ -1,0 +1,63 @@
+"""Circuit breaking: a model that keeps failing is left alone for a while, then probed once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+State = Literal["closed", "open", "half_open"]
+
+
+class Circuit:
+    """Consecutive failures of one model. After `failures_to_open` in a row the circuit opens
+    for `cooldown` seconds; then one request at a time may probe it (half open) until one
+    succeeds (closed again) or fails (open again)."""
+
+    __slots__ = ("failures_to_open", "cooldown", "clock", "failures", "open_until", "probing")
+
+    def __init__(self, failures_to_open: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures_to_open = failures_to_open
+        self.cooldown = cooldown
+        self.clock = clock
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+
+    @property
+    def state(self) -> State:
+        if self.failures < self.failures_to_open:
+            return "closed"
+        return "open" if self.clock() < self.open_until else "half_open"
+
+    def try_acquire(self) -> bool:
+        """May a request use this model now? Taking the half-open probe marks it taken."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.probing = False
+
+    def failed(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.failures >= self.failures_to_open:
+            self.open_until = self.clock() + self.cooldown
+
+    def released(self) -> None:
+        """The request ended without a verdict (the client left): let another probe."""
+        self.probing = False
+
+    def snapshot(self) -> dict[str, object]:
+        state = self.state
+        return {
+            "state": state,
+            "consecutive_failures": self.failures,
+            "retry_in_seconds": round(max(self.open_until - self.clock(), 0.0), 1) if state == "open" else 0.0,
+        }

@@ -1,0 +1,113 @@
+"""How much one client may ask: input size, requests per minute and open streams.
+
+Limits are kept per process; with `--workers N` each worker enforces them on its own share.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from service.errors import ApiError
+from service.keys import THREAD_OWNER
+from service.settings import Settings
+
+_PRUNE_ABOVE = 10_000  # clients remembered before idle ones are forgotten
+
+
+def check_input(settings: Settings, message_count: int, chars: int) -> None:
+    if message_count > settings.max_messages:
+        raise ApiError(
+            400,
+            "too_many_messages",
+            f"The request has {message_count} messages; the limit (AI_MAX_MESSAGES) is {settings.max_messages}.",
+        )
+    if chars > settings.max_input_chars:
+        raise ApiError(
+            413,
+            "input_too_large",
+            f"The request's text is {chars} characters; the limit (AI_MAX_INPUT_CHARS) is {settings.max_input_chars}.",
+        )
+
+
+def client_of(request: web.Request) -> str:
+    """The key's name when keys are configured, else the remote address."""
+    return request.get(THREAD_OWNER) or request.remote or "unknown"
+
+
+@dataclass(slots=True)
+class _Client:
+    tokens: float
+    updated: float
+    streams: int = 0
+
+
+class RateLimiter:
+    """A token bucket per client (`rpm` requests a minute, bursts up to `rpm`) plus counts of
+    open streams per client and in total. A limit of 0 means none."""
+
+    def __init__(self, rpm: int, per_client_streams: int, total_streams: int) -> None:
+        self.rpm = rpm
+        self.per_client_streams = per_client_streams
+        self.total_streams = total_streams
+        self.open_streams = 0
+        self._clients: dict[str, _Client] = {}
+
+    def _client(self, name: str, now: float) -> _Client:
+        client = self._clients.get(name)
+        if client is None:
+            if len(self._clients) > _PRUNE_ABOVE:
+                self._prune(now)
+            client = self._clients[name] = _Client(tokens=float(self.rpm), updated=now)
+        elif self.rpm:
+            client.tokens = min(self.rpm, client.tokens + (now - client.updated) * self.rpm / 60)
+            client.updated = now
+        return client
+
+    def _prune(self, now: float) -> None:
+        # After a minute untouched a bucket is full again: forgetting it changes nothing.
+        for name, client in list(self._clients.items()):
+            if client.streams == 0 and now - client.updated >= 60:
+                del self._clients[name]
+
+    def admit(self, name: str) -> None:
+        """Count one request; 429 when the client has used its minute."""
+        if not self.rpm:
+            return
+        now = time.monotonic()
+        client = self._client(name, now)
+        if client.tokens < 1:
+            wait = math.ceil((1 - client.tokens) * 60 / self.rpm)
+            raise _too_many(f"Too many requests; the limit (AI_RATE_LIMIT_RPM) is {self.rpm} a minute.", wait)
+        client.tokens -= 1
+
+    @contextmanager
+    def stream(self, name: str) -> Iterator[None]:
+        """Hold one open-stream slot for the length of an answer."""
+        client = self._client(name, time.monotonic())
+        if self.total_streams and self.open_streams >= self.total_streams:
+            raise _too_many("The service is at its limit of open streams (AI_MAX_TOTAL_STREAMS); retry shortly.", 1)
+        if self.per_client_streams and client.streams >= self.per_client_streams:
+            raise _too_many(
+                f"Too many open streams; the limit (AI_MAX_CONCURRENT_STREAMS) is {self.per_client_streams} a client.", 1
+            )
+        client.streams += 1
+        self.open_streams += 1
+        try:
+            yield
+        finally:
+            client.streams -= 1
+            self.open_streams -= 1
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+
+def _too_many(message: str, retry_after: int) -> ApiError:
+    return ApiError(429, "rate_limited", message, headers={"Retry-After": str(max(retry_after, 1))})
