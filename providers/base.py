@@ -94,6 +94,7 @@ class ProviderError(Exception):
         retryable: bool = False,
         fallback: bool = False,
         retry_after: float | None = None,
+        summary: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -105,6 +106,8 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.fallback = fallback
         self.retry_after = retry_after
+        # The chain's verdict after every model failed; each failure was an AttemptFailed event.
+        self.summary = summary
 
     def __repr__(self) -> str:
         return (

@@ -142,5 +142,6 @@ def _final_error(errors: list[ProviderError]) -> ProviderError:
         status=chosen.status,
         retryable=chosen.retryable,
         retry_after=chosen.retry_after,
+        summary=True,
     )
 

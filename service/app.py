@@ -13,8 +13,9 @@ from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
 from service.conversations import add_thread_routes, storage_context
 from service.errors import add_request_id, request_middleware
-from service.keys import CHAIN, IN_FLIGHT, LIMITER, REGISTRY, SETTINGS
+from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS
 from service.limits import RateLimiter, client_of
+from service.metrics import Metrics
 from service.security import PROTECTED_PREFIX, auth_middleware, setup_cors
 from service.routes import add_routes
 from service.settings import Settings
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[IN_FLIGHT] = weakref.WeakSet()
+    app[METRICS] = Metrics()
     app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.max_concurrent_streams, settings.max_total_streams)
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(_models)

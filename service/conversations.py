@@ -13,7 +13,7 @@ from aiohttp import web
 
 from providers.base import Message
 from service.errors import ApiError
-from service.keys import PENDING_WRITES, SETTINGS, STORAGE, THREAD_OWNER
+from service.keys import METRICS, PENDING_WRITES, SETTINGS, STORAGE, THREAD_OWNER
 from service.relay import Outcome
 from service.schemas import THREAD_ID_PATTERN
 from storage import Owner, StorageError, StorageUnavailable, Store, StoredMessage, ThreadNotFound, Turn, create_store
@@ -135,6 +135,7 @@ def store_answer(request: web.Request, message_id: str, deadline: float) -> Call
             except StorageError as exc:
                 state.record(not isinstance(exc, StorageUnavailable))
                 if time.monotonic() + delay > deadline:
+                    app[METRICS].storage_write_failures.inc()
                     log.error("answer_not_stored", thread_id=request.match_info.get("thread_id"), message_id=message_id, error=type(exc).__name__)
                     return False
                 await asyncio.sleep(delay)

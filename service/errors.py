@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from service.keys import REQUEST_ID, REQUEST_LOG
+from service.keys import METRICS, REQUEST_ID, REQUEST_LOG
 
 log = structlog.get_logger("ai_stream")
 
@@ -98,6 +98,9 @@ async def request_middleware(
         status = 500
         raise ApiError(500, "internal_error", "Something went wrong on our side.") from None
     finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].requests.labels(route, request.method, str(status)).inc()
         level = "info" if status < 500 else "warning"
         getattr(log, level)(
             "request",

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from service.conversations import StorageState
     from service.limits import RateLimiter
+    from service.metrics import Metrics
     from service.relay import Cutoff
     from service.settings import Settings
 
@@ -23,6 +24,7 @@ CHAIN = web.AppKey("chain", "FallbackChain")
 # Answers in progress (streamed or not): shutdown ends those still open after its grace period.
 IN_FLIGHT = web.AppKey("in_flight", "weakref.WeakSet[Cutoff]")
 LIMITER = web.AppKey("limiter", "RateLimiter")
+METRICS = web.AppKey("metrics", "Metrics")
 STORAGE = web.AppKey("storage", "StorageState")
 # Answers being written to the store; shutdown waits for them before closing it.
 PENDING_WRITES = web.AppKey("pending_writes", "set[asyncio.Task[bool]]")

@@ -81,7 +81,7 @@ class Outcome:
     text: list[str] = field(default_factory=list)
     finish: Finish | None = None
     error: ProviderError | None = None
-    attempts: list[str] = field(default_factory=list)
+    attempts: list[AttemptFailed] = field(default_factory=list)  # the failed ones, in order
     client_gone: bool = False
     first_token_ms: float | None = None
 
@@ -94,7 +94,7 @@ class Outcome:
     def log_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "outcome": "client_gone" if self.client_gone else ("done" if self.finish else "error"),
-            "attempts": self.attempts,
+            "attempts": [f"{a.model}:{a.code}" for a in self.attempts],
             "ttft_ms": self.first_token_ms,
         }
         if self.finish is not None:
@@ -138,7 +138,7 @@ async def _consume(
             elif type(event) is Finish:
                 outcome.finish = event
             elif type(event) is AttemptFailed:
-                outcome.attempts.append(f"{event.model}:{event.code}")
+                outcome.attempts.append(event)
 
 
 async def stream_answer(

@@ -16,8 +16,9 @@ from service.body import invalid, read_json, validate
 from service.datecontext import with_date_context
 from service.errors import ApiError, request_log
 from service.conversations import begin_turn, replay, store_answer
-from service.keys import CHAIN, IN_FLIGHT, LIMITER, REGISTRY, SETTINGS, STORAGE
+from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, STORAGE
 from service.limits import check_input, client_of
+from service.metrics import metrics_response
 from service.relay import Outcome, collect_answer, done_payload, stream_answer
 from service.schemas import ChatBody, GenerateBody
 
@@ -57,20 +58,30 @@ async def _answer(
     on_end: Callable[[Outcome], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    if stream:
-        response, _ = await stream_answer(
-            request,
-            provider,
-            model_request,
-            deadline=settings.request_timeout,
-            ping_interval=settings.keepalive_interval,
-            in_flight=request.app[IN_FLIGHT],
-            on_end=on_end,
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    metrics.open_streams.inc()
+    outcome = None
+    try:
+        if stream:
+            response, outcome = await stream_answer(
+                request,
+                provider,
+                model_request,
+                deadline=settings.request_timeout,
+                ping_interval=settings.keepalive_interval,
+                in_flight=request.app[IN_FLIGHT],
+                on_end=on_end,
+            )
+            return response
+        outcome, status = await collect_answer(
+            provider, model_request, deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT]
         )
-        return response
-    outcome, status = await collect_answer(
-        provider, model_request, deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT]
-    )
+    finally:
+        metrics.open_streams.dec()
+        # A cancelled stream (client gone) returns no outcome; relay logged it, count it here.
+        metrics.record_answer(outcome or Outcome(client_gone=True), time.perf_counter() - started)
+        metrics.observe_circuits(request.app[CHAIN].circuits)
     stored = await on_end(outcome) if on_end is not None else {}
     request_log(request).update(outcome.log_fields())
     if outcome.finish is None:
@@ -180,7 +191,14 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=document, content_type="application/yaml", charset="utf-8")
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition, summed over worker processes."""
+    request.app[METRICS].observe_circuits(request.app[CHAIN].circuits)
+    return metrics_response(request.app[METRICS])
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/ai/stream/generate", generate)
     app.router.add_post("/ai/stream/chat", chat)
     app.router.add_get("/health", health, allow_head=True)

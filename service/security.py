@@ -33,6 +33,7 @@ def find_key(digests: list[tuple[bytes, ApiKey]], presented: str) -> ApiKey | No
 
 def auth_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
     keys = [(_digest(key.key), key) for key in settings.api_keys]
+    metrics_public = settings.metrics_public
 
     @web.middleware
     async def authenticate(
@@ -40,7 +41,8 @@ def auth_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamRes
     ) -> web.StreamResponse:
         # No keys configured: open (only allowed on loopback or with AI_ALLOW_UNAUTHENTICATED).
         # CORS preflights carry no credentials by design; /health and /openapi.yaml stay open.
-        if not keys or request.method == "OPTIONS" or not request.path.startswith(PROTECTED_PREFIX):
+        protected = request.path.startswith(PROTECTED_PREFIX) or (request.path == "/metrics" and not metrics_public)
+        if not keys or request.method == "OPTIONS" or not protected:
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         key = find_key(keys, token.strip()) if scheme.lower() == "bearer" else None

@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     max_total_streams: int = Field(1000, ge=0, validation_alias=AliasChoices("AI_MAX_TOTAL_STREAMS", "max_total_streams"))
     cooldown_failures: int = Field(3, ge=1, validation_alias=AliasChoices("AI_COOLDOWN_FAILURES", "cooldown_failures"))
     cooldown_seconds: float = Field(30.0, ge=0, validation_alias=AliasChoices("AI_COOLDOWN_SECONDS", "cooldown_seconds"))
+    metrics_public: bool = Field(True, validation_alias=AliasChoices("AI_METRICS_PUBLIC", "metrics_public"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias=AliasChoices("AI_LOG_LEVEL", "log_level"))

@@ -1,0 +1,108 @@
+"""Prometheus metrics, correct across worker processes.
+
+With several workers (`--workers N`) each process writes its values to files in
+`PROMETHEUS_MULTIPROC_DIR` and `/metrics` adds them up (prometheus-client's multiprocess mode).
+Nothing here runs per token: a stream updates its metrics when it starts and when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+from providers.circuit import Circuit
+from service.relay import Outcome
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
+_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300)
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The service's metrics, registered in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ai_stream_requests", "HTTP requests by route and status.", ["route", "method", "status"], registry=r)
+        self.streams = Counter(
+            "ai_stream_answers", "Answers by outcome: done, error (with its code) or client_gone.", ["outcome", "code"], registry=r
+        )
+        self.ttft = Histogram(
+            "ai_stream_time_to_first_token_seconds", "Time to first token, by the model that answered.", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            "ai_stream_answer_duration_seconds", "Time from request to the last event, by model.", ["model"],
+            buckets=_DURATION_BUCKETS, registry=r,
+        )
+        self.tokens = Counter("ai_stream_tokens", "Tokens by model and direction (input, output).", ["model", "direction"], registry=r)
+        self.fallbacks = Counter(
+            "ai_stream_fallbacks", "Moves from one model to the next (or a retry of the same).", ["from_model", "to_model"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "ai_stream_upstream_errors", "Failed model attempts by provider, HTTP status and code.", ["provider", "status", "code"], registry=r
+        )
+        self.open_streams = Gauge(
+            "ai_stream_open_answers", "Answers in progress.", registry=r, multiprocess_mode="livesum"
+        )
+        self.circuit = Gauge(
+            "ai_stream_model_circuit_state", "Circuit state per model: 0 closed, 1 half open, 2 open (worst worker).",
+            ["model"], registry=r, multiprocess_mode="livemax",
+        )
+        self.storage_write_failures = Counter(
+            "ai_stream_storage_write_failures", "Answers that could not be stored after retries.", registry=r
+        )
+
+    def record_answer(self, outcome: Outcome, seconds: float) -> None:
+        """One finished answer (streamed or not, however it ended)."""
+        finish = outcome.finish
+        if finish is not None:
+            self.streams.labels("done", "").inc()
+            model = f"{finish.provider}/{finish.model}"
+            if outcome.first_token_ms is not None:
+                self.ttft.labels(model).observe(outcome.first_token_ms / 1000)
+            self.duration.labels(model).observe(seconds)
+            self.tokens.labels(model, "input").inc(finish.usage.input_tokens)
+            self.tokens.labels(model, "output").inc(finish.usage.output_tokens)
+        elif outcome.client_gone:
+            self.streams.labels("client_gone", "").inc()
+        else:
+            self.streams.labels("error", outcome.error.code if outcome.error else "").inc()
+        # Each failed attempt hands over to the next attempt (or to nobody).
+        attempts = outcome.attempts
+        for index, failed in enumerate(attempts):
+            if index + 1 < len(attempts):
+                to_model = attempts[index + 1].model
+            else:
+                to_model = f"{finish.provider}/{finish.model}" if finish else "none"
+            self.fallbacks.labels(failed.model, to_model).inc()
+            self.upstream_errors.labels(failed.provider, str(failed.status or ""), failed.code).inc()
+        error = outcome.error
+        if error is not None and error.provider and not error.summary:
+            # Raised by a model without a fallback: after text had been sent, or a bad request.
+            self.upstream_errors.labels(error.provider, str(error.status or ""), error.code).inc()
+
+    def observe_circuits(self, circuits: dict[str, Circuit]) -> None:
+        for name, circuit in circuits.items():
+            self.circuit.labels(name).set(CIRCUIT_VALUES[circuit.state])
+
+    def exposition(self) -> bytes:
+        if (directory := multiprocess_dir()) is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def metrics_response(metrics: Metrics) -> web.Response:
+    response = web.Response(body=metrics.exposition())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
