@@ -1,33 +1,53 @@
-"""`python -m service`: read settings, set up logging once, serve."""
+"""`python -m service [--workers N]`: read settings, set up logging once, serve."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from aiohttp import web
 
 from service.app import create_app
 from service.log import configure_logging
-from service.settings import ConfigError, load_settings
+from service.settings import ConfigError, Settings, load_settings
 
 
-def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"ai-stream: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
+def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     # handler_cancellation: a client that goes away cancels its handler, which closes the
-    # upstream request at once instead of at the next write.
+    # upstream request at once instead of at the next write. The grace period of a shutdown
+    # happens in on_shutdown; shutdown_timeout only bounds the handlers' last writes after it.
     web.run_app(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        reuse_port=reuse_port or None,
         handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_write_timeout,
         access_log=None,
         print=None,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Serve ai-stream.")
+    parser.add_argument("--workers", type=int, default=None, help="processes serving the port (default: AI_WORKERS or 1)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by the supervisor
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(**({"workers": args.workers} if args.workers is not None else {}))
+    except ConfigError as exc:
+        print(f"ai-stream: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    if args.worker:
+        serve(settings, reuse_port=True)
+        return 0
+    if settings.workers > 1:
+        from service.workers import Supervisor
+
+        stop_timeout = settings.shutdown_grace + settings.shutdown_write_timeout + 10
+        return Supervisor(settings.workers, stop_timeout).run()
+    serve(settings)
     return 0
 
 

@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     max_total_streams: int = Field(1000, ge=0, validation_alias=AliasChoices("AI_MAX_TOTAL_STREAMS", "max_total_streams"))
     cooldown_failures: int = Field(3, ge=1, validation_alias=AliasChoices("AI_COOLDOWN_FAILURES", "cooldown_failures"))
     cooldown_seconds: float = Field(30.0, ge=0, validation_alias=AliasChoices("AI_COOLDOWN_SECONDS", "cooldown_seconds"))
+    workers: int = Field(1, ge=1, le=64, validation_alias=AliasChoices("AI_WORKERS", "workers"))
     metrics_public: bool = Field(True, validation_alias=AliasChoices("AI_METRICS_PUBLIC", "metrics_public"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))
 
@@ -208,6 +209,8 @@ def load_settings(**overrides: object) -> Settings:
             f"refusing to listen on HOST={settings.host} without AI_API_KEYS; set AI_API_KEYS, "
             "or AI_ALLOW_UNAUTHENTICATED=true for a private network"
         )
+    if settings.workers > 1 and settings.port == 0:
+        raise ConfigError("invalid setting AI_WORKERS: several workers need a fixed PORT, not 0")
     if settings.default_max_tokens > settings.max_tokens_limit:
         raise ConfigError("invalid setting AI_DEFAULT_MAX_TOKENS: must not exceed AI_MAX_TOKENS_LIMIT")
     return settings
