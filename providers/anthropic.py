@@ -8,13 +8,20 @@ stream helpers per token.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
 import httpx2
 
-from providers.base import Finish, ModelRequest, ProviderError, StreamEvent, TextDelta, Usage
+from providers.base import (
+    Finish,
+    ModelRequest,
+    ProviderError,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 from providers.errors import error_for_status, interrupted, malformed, stream_error
 from providers.sse import SSEDecoder
 
@@ -52,7 +59,7 @@ class AnthropicModel:
         # sampling parameter with a 400, so sending it would fail requests that set it.
         return params
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         model = self.model
         try:
             async with self.client.messages.with_streaming_response.create(**self._params(request)) as response:

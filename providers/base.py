@@ -6,7 +6,7 @@ events and `ProviderError` defined here, never an SDK type.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -125,4 +125,4 @@ class Provider(Protocol):
 
     name: str  # "provider/model"
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]: ...
+    def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]: ...

@@ -10,7 +10,7 @@ import email.utils
 import time
 from collections.abc import Mapping
 
-from providers.base import ProviderError
+from providers.base import ErrorCode, ProviderError
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -37,42 +37,31 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 def error_for_status(
     status: int, *, provider: str, model: str, headers: Mapping[str, str] | None = None
 ) -> ProviderError:
-    where = {"provider": provider, "model": model, "status": status}
-    if status == 429:
+    def error(code: ErrorCode, message: str, *, retryable: bool = False, fallback: bool = True) -> ProviderError:
         return ProviderError(
-            "rate_limited",
-            "The model is rate limited; try again shortly.",
-            retryable=True,
-            fallback=True,
-            retry_after=retry_after_seconds(headers or {}),
-            **where,
+            code, message, provider=provider, model=model, status=status, retryable=retryable, fallback=fallback
         )
+
+    if status == 429:
+        limited = error("rate_limited", "The model is rate limited; try again shortly.", retryable=True)
+        limited.retry_after = retry_after_seconds(headers or {})
+        return limited
     if status in (400, 413, 422):
-        return ProviderError(
+        # The request itself is wrong: another model would reject it too.
+        return error(
             "invalid_request",
             "The model rejected the request as invalid (for example, the prompt is too long for it).",
-            **where,
+            fallback=False,
         )
     if status in (401, 403):
-        return ProviderError(
-            "authentication_failed",
-            "The service could not authenticate with the model provider.",
-            fallback=True,
-            **where,
-        )
+        return error("authentication_failed", "The service could not authenticate with the model provider.")
     if status == 404:
-        return ProviderError("model_not_found", "The configured model was not found.", fallback=True, **where)
-    if status == 408 or status == 504:
-        return ProviderError("timeout", "The model took too long to answer.", retryable=True, fallback=True, **where)
+        return error("model_not_found", "The configured model was not found.")
+    if status in (408, 504):
+        return error("timeout", "The model took too long to answer.", retryable=True)
     if status >= 500:
-        return ProviderError(
-            "upstream_unavailable",
-            "The model service is overloaded or unavailable.",
-            retryable=True,
-            fallback=True,
-            **where,
-        )
-    return ProviderError("upstream_error", "The model service returned an error.", fallback=True, **where)
+        return error("upstream_unavailable", "The model service is overloaded or unavailable.", retryable=True)
+    return error("upstream_error", "The model service returned an error.")
 
 
 def stream_error(error_type: str, *, provider: str, model: str) -> ProviderError:

@@ -7,10 +7,16 @@ text has gone out, a failure ends the stream (nothing is repeated or silently sw
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
-from providers.base import AttemptFailed, ModelRequest, Provider, ProviderError, StreamEvent
+from providers.base import (
+    AttemptFailed,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    StreamEvent,
+)
 from providers.circuit import Circuit
 
 # When models fail differently, the client hears about the most transient failure: these
@@ -49,7 +55,7 @@ class FallbackChain:
             circuits=self.circuits,
         )
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         errors: list[ProviderError] = []
         answered = [False]
         cooling: list[Provider] = []
@@ -72,7 +78,7 @@ class FallbackChain:
 
     async def _attempt(
         self, model: Provider, request: ModelRequest, errors: list[ProviderError], answered: list[bool]
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """One model: its events, or (before any text) a failure recorded in `errors`.
         A failure after text, or one that another model cannot fix, is raised."""
         circuit = self.circuits[model.name]

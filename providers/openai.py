@@ -6,13 +6,20 @@ As for Anthropic, the SDK makes the request and the hot path decodes the raw chu
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx2
 import openai
 
-from providers.base import Finish, ModelRequest, ProviderError, StreamEvent, TextDelta, Usage
+from providers.base import (
+    Finish,
+    ModelRequest,
+    ProviderError,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 from providers.errors import error_for_status, interrupted, malformed
 from providers.sse import SSEDecoder
 
@@ -55,7 +62,7 @@ class OpenAIModel:
             params["temperature"] = request.temperature
         return params
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         model = self.model
         try:
             async with self.client.chat.completions.with_streaming_response.create(**self._params(request)) as response:

@@ -16,8 +16,8 @@ from service.errors import add_request_id, request_middleware
 from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS
 from service.limits import RateLimiter, client_of
 from service.metrics import Metrics
-from service.security import PROTECTED_PREFIX, auth_middleware, setup_cors
 from service.routes import add_routes
+from service.security import PROTECTED_PREFIX, auth_middleware, setup_cors
 from service.settings import Settings
 
 log = structlog.get_logger("ai_stream")

@@ -16,7 +16,16 @@ from service.errors import ApiError
 from service.keys import METRICS, PENDING_WRITES, SETTINGS, STORAGE, THREAD_OWNER
 from service.relay import Outcome
 from service.schemas import THREAD_ID_PATTERN
-from storage import Owner, StorageError, StorageUnavailable, Store, StoredMessage, ThreadNotFound, Turn, create_store
+from storage import (
+    Owner,
+    StorageError,
+    StorageUnavailable,
+    Store,
+    StoredMessage,
+    ThreadNotFound,
+    Turn,
+    create_store,
+)
 
 log = structlog.get_logger("ai_stream")
 
@@ -75,8 +84,9 @@ async def storage_context(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     # Answers still being stored (streams that just ended) are written before the store closes.
-    if app[PENDING_WRITES]:
-        await asyncio.wait(app[PENDING_WRITES], timeout=settings.shutdown_write_timeout)
+    pending = app[PENDING_WRITES]
+    if pending:
+        await asyncio.wait(pending, timeout=settings.shutdown_write_timeout)
     await state.store.close()
 
 

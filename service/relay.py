@@ -16,7 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
-from providers.base import AttemptFailed, Finish, ModelRequest, Provider, ProviderError, TextDelta
+from providers.base import (
+    AttemptFailed,
+    Finish,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    TextDelta,
+)
 from service.errors import request_log
 from service.sse import EventStream, content_event
 

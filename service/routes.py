@@ -13,9 +13,9 @@ from aiohttp import web
 from providers.base import Message, ModelRequest, Provider
 from service import __version__
 from service.body import invalid, read_json, validate
+from service.conversations import begin_turn, replay, store_answer
 from service.datecontext import with_date_context
 from service.errors import ApiError, request_log
-from service.conversations import begin_turn, replay, store_answer
 from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, STORAGE
 from service.limits import check_input, client_of
 from service.metrics import metrics_response
@@ -36,8 +36,8 @@ def _chain_for(request: web.Request, model: str | None) -> Provider:
         raise invalid([{"field": "model", "message": f"model {model[:100]!r} is not configured; choose one of: {configured}"}])
     # A configured model without credentials is skipped: start at the next usable one after it.
     usable = {m.name for m in chain.models}
-    configured = [info.name for info in request.app[REGISTRY].info]
-    for candidate in configured[configured.index(name) :]:
+    names = [info.name for info in request.app[REGISTRY].info]
+    for candidate in names[names.index(name) :]:
         if candidate in usable:
             return chain.starting_at(candidate)
     raise ApiError(503, "no_models_available", "No model from the requested one on is configured with credentials.")
@@ -59,6 +59,7 @@ async def _answer(
 ) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
+    in_flight = request.app[IN_FLIGHT]
     started = time.perf_counter()
     metrics.open_streams.inc()
     outcome = None
@@ -70,12 +71,12 @@ async def _answer(
                 model_request,
                 deadline=settings.request_timeout,
                 ping_interval=settings.keepalive_interval,
-                in_flight=request.app[IN_FLIGHT],
+                in_flight=in_flight,
                 on_end=on_end,
             )
             return response
         outcome, status = await collect_answer(
-            provider, model_request, deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT]
+            provider, model_request, deadline=settings.request_timeout, in_flight=in_flight
         )
     finally:
         metrics.open_streams.dec()

@@ -153,9 +153,10 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> list[str]:
-        if isinstance(value, str):
-            value = [item.strip() for item in value.split(",") if item.strip()]
-        origins = [str(item).rstrip("/") for item in value]  # type: ignore[union-attr]
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError("must be a comma-separated list of origins")
+        origins = [str(item).strip().rstrip("/") for item in items if str(item).strip()]
         for origin in origins:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is not an origin such as https://app.example.com (or *)")
