@@ -182,7 +182,7 @@ def _query_user_id(request: web.Request) -> str | None:
 
 def _query_limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 200:
         raise ApiError(400, "validation_error", "Invalid request: limit must be an integer from 1 to 200.",
                        details=[{"field": "limit", "message": "limit must be an integer from 1 to 200"}])
     return int(raw)

@@ -96,7 +96,10 @@ async def test_paging_with_limit_and_before(thread_client):
     assert oldest["has_more"] is False and oldest["next_before"] is None
 
 
-@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "201"}, {"limit": "ten"}, {"before": "msg_nope"}, {"user_id": ""}])
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": "0"}, {"limit": "201"}, {"limit": "ten"}, {"limit": "²"}, {"limit": "５"}, {"limit": "-1"}, {"before": "msg_nope"}, {"user_id": ""}],
+)
 async def test_bad_paging_parameters_are_400(thread_client, params):
     await chat(thread_client, turn("hello"))
     resp = await thread_client.get("/ai/threads/t-1/messages", params=params)

@@ -1,0 +1,243 @@
+"""Fuzz openapi.yaml against the running service with schemathesis.
+
+The service runs as `python -m service` (its real entry point) on 127.0.0.1, with the fake
+upstream (tests/fake_upstream.py) on its own event loop in a thread behind it and an SQLite
+store in a temporary folder. Schemathesis generates requests for every operation of the
+document (its examples, boundary and negative "coverage" cases, unsupported methods, then
+random valid and invalid data) and checks every answer: no 5xx, a documented status, content
+type and headers, invalid data rejected, and a body matching the documented schema. The
+events of a `text/event-stream` answer are checked against StreamEvent here.
+
+`test_thread_answers_conform` adds what random data hardly reaches: an existing thread, read
+a page at a time and deleted. The helpers at the top (`ThreadedUpstream`, `run_service`) are
+shared with test_leaks.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+import yaml
+from hypothesis import HealthCheck, settings
+from jsonschema import Draft202012Validator
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+)
+
+from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY, parse_events
+from tests.fake_upstream import FakeUpstream, Scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_PATH = ROOT / "openapi.yaml"
+
+
+class ThreadedUpstream:
+    """The fake upstream on its own event loop in a daemon thread, for a service in another process."""
+
+    def __init__(self) -> None:
+        self.fake = FakeUpstream()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fake-upstream", daemon=True)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` (plain or async) run on the fake's loop; its result."""
+
+        async def run() -> Any:
+            result = fn(*args)
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=10)
+
+    def __enter__(self) -> ThreadedUpstream:
+        self._thread.start()
+        self.call(self.fake.start)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.call(self.fake.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+@dataclass
+class RunningService:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def service_env(fake: FakeUpstream, workdir: Path, **settings: str) -> dict[str, str]:
+    """This machine's environment without any service setting, plus the test configuration."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AI_", "ANTHROPIC_", "OPENAI_")) and k not in ("DATABASE_URL", "HOST", "PORT")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+        ANTHROPIC_BASE_URL=fake.base_url,
+        OPENAI_API_KEY=OPENAI_KEY,
+        OPENAI_BASE_URL=fake.openai_base_url,
+        AI_FIRST_TOKEN_TIMEOUT="2",
+        AI_REQUEST_TIMEOUT="10",
+        AI_LOG_LEVEL="info",
+        AI_LOG_FORMAT="json",
+        DATABASE_URL=f"sqlite:///{workdir / 'ai-stream.db'}",
+    )
+    env.update(settings)
+    return env
+
+
+@contextmanager
+def run_service(env: dict[str, str], workdir: Path, timeout: float = 15.0) -> Iterator[RunningService]:
+    """`python -m service` on a free port of 127.0.0.1, its stderr (the log) in a file; stopped
+    with SIGTERM (a graceful shutdown) at the end."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = workdir / "service.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], env={**env, "HOST": "127.0.0.1", "PORT": str(port)},
+            cwd=workdir, stdout=subprocess.DEVNULL, stderr=log,  # cwd: no stray .env file
+        )
+    service = RunningService(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert process.poll() is None, f"the service exited ({process.returncode}):\n" + "\n".join(service.log_lines())
+            try:
+                requests.get(service.base_url + "/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the service did not start listening"
+                time.sleep(0.05)
+        yield service
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- the fuzz run --------------------------------------------------------------------------
+
+SPEC = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+STREAM_EVENT = Draft202012Validator({"$ref": "#/components/schemas/StreamEvent", "components": SPEC["components"]})
+# The document's own model names, so that its examples name configured models. A request for
+# the second fails over to the third, which breaks off mid-answer: streams that end in an
+# `error` event, and 502 answers with "stream": false.
+FUZZ_MODELS = "anthropic/claude-sonnet-4-5,anthropic/claude-haiku-4-5,openai/gpt-4o"
+SCRIPTS = {"claude-haiku-4-5": Scenario(kind="http_error", status=529),
+           "gpt-4o": Scenario(kind="stream_error", after_tokens=1)}
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          negative_data_rejection, unsupported_method]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    workdir = tmp_path_factory.mktemp("fuzz")
+    # No rate limit: the run sends hundreds of requests a minute from one address, and the
+    # limiter's 429s are not what it is about.
+    env_settings = {"AI_MODELS": FUZZ_MODELS, "AI_RATE_LIMIT_RPM": "0"}
+    with ThreadedUpstream() as upstream, run_service(service_env(upstream.fake, workdir, **env_settings), workdir) as running:
+        for model, scenario in SCRIPTS.items():
+            upstream.call(upstream.fake.script, model, scenario)
+        yield running
+
+
+# 502/503/504 are the documented answers of `"stream": false` when the models fail (as scripted
+# above); a 500 is always a bug. Sanitizing is off: it would print `max_tokens` as "[Filtered]"
+# in the curl commands of failure reports, and there are no real secrets here.
+CONFIG = {"checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", 502, 503, 504]}},
+          "output": {"sanitization": {"enabled": False}}}
+# Loaded at import: schemathesis 4.32's `pytest.from_fixture` fails under pytest 9 (it sets
+# `Function._nodeid`, which pytest 9 removed), so the base URL goes with each call instead.
+schema = schemathesis.openapi.from_path(SPEC_PATH, config=schemathesis.Config.from_dict(CONFIG))
+
+
+def check_event_stream(response: Any) -> None:
+    """Every event is a StreamEvent; content events, then exactly one terminal event."""
+    events = parse_events(response.content)
+    for event in events:
+        errors = [e.message for e in STREAM_EVENT.iter_errors(event)]
+        assert not errors, f"event {event} does not match StreamEvent: {errors}"
+    assert [e["type"] for e in events[:-1]] == ["content"] * (len(events) - 1), events
+    assert events and events[-1]["type"] in ("done", "error"), events
+
+
+def call_and_check(case: Any, service: RunningService) -> Any:
+    response = case.call(base_url=service.base_url, timeout=15)
+    media_type = response.headers.get("content-type", [""])[0].split(";")[0].strip()
+    # Two bodies schemathesis reads differently from this document; their schemas are checked here:
+    # - text/event-stream: schemathesis (after OpenAPI 3.2) validates each SSE event as an object
+    #   {"event", "data", ...} against the media type's `schema`; this OpenAPI 3.1 document means
+    #   by it the JSON in one event's `data:` line.
+    # - application/yaml: schemathesis parses the YAML and validates the object against
+    #   `type: string`, which means the document as text.
+    special = media_type in ("text/event-stream", "application/yaml")
+    case.validate_response(response, checks=CHECKS if special else [*CHECKS, response_schema_conformance])
+    try:
+        if media_type == "text/event-stream":
+            check_event_stream(response)
+        elif media_type == "application/yaml":
+            assert yaml.safe_load(response.content) == SPEC
+    except AssertionError as exc:
+        exc.add_note(f"Reproduce with:\n\n    {case.as_curl_command()}")
+        raise
+    return response
+
+
+@schema.parametrize()
+# Bounded for CI (about 20 s in all): 40 random cases per operation after the examples and
+# coverage cases, no deadline (a stream takes a few ms), the same cases on every run.
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+def test_api_conforms_to_openapi(case: Any, service: RunningService) -> None:
+    call_and_check(case, service)
+
+
+def test_thread_answers_conform(service: RunningService) -> None:
+    """Three turns stored in a thread, read a page at a time (the documented way: `before` is
+    the oldest id of the page before), then deleted; every answer checked as in the fuzz run."""
+    owner = {"user_id": "fuzz-user"}
+    chat, listing = schema["/ai/stream/chat"]["POST"], schema["/ai/threads/{thread_id}/messages"]["GET"]
+    delete = schema["/ai/threads/{thread_id}"]["DELETE"]
+    thread = {"thread_id": "fuzz-thread"}
+    for n in range(3):
+        body = {**thread, **owner, "messages": [{"role": "user", "content": f"Question {n}"}], "stream": n != 1}
+        assert call_and_check(chat.Case(body=body, media_type="application/json"), service).status_code == 200
+
+    newest = call_and_check(listing.Case(path_parameters=thread, query={**owner, "limit": 4}), service).json()
+    assert [m["content"] for m in newest["messages"]] == ["Question 1", "Hello, world!", "Question 2", "Hello, world!"]
+    older = call_and_check(listing.Case(path_parameters=thread, query={**owner, "before": newest["messages"][0]["id"]}), service)
+    assert [(m["role"], m["status"]) for m in older.json()["messages"]] == [("user", "complete"), ("assistant", "complete")]
+
+    stranger = call_and_check(listing.Case(path_parameters=thread, query={"user_id": "someone-else"}), service)
+    assert stranger.status_code == 404
+    assert call_and_check(delete.Case(path_parameters=thread, query=owner), service).status_code == 204
+    assert call_and_check(listing.Case(path_parameters=thread, query=owner), service).status_code == 404
+    assert call_and_check(delete.Case(path_parameters=thread, query=owner), service).status_code == 404
