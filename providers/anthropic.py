@@ -66,7 +66,10 @@ class AnthropicModel:
                 decoder = SSEDecoder()
                 input_tokens = output_tokens = 0
                 stop_reason: str | None = None
+                finish: Finish | None = None
                 async for chunk in response.iter_bytes():
+                    if finish is not None:
+                        continue  # read the body to its end so the connection goes back to the pool
                     for data in decoder.feed(chunk):
                         event = json.loads(data)
                         kind = event["type"]
@@ -84,8 +87,8 @@ class AnthropicModel:
                             output_tokens = usage.get("output_tokens", output_tokens)
                             input_tokens = _input_tokens(usage) or input_tokens
                         elif kind == "message_stop":
-                            yield Finish(model, PROVIDER, stop_reason, Usage(input_tokens, output_tokens))
-                            return
+                            finish = Finish(model, PROVIDER, stop_reason, Usage(input_tokens, output_tokens))
+                            break
                         elif kind == "error":
                             error = event.get("error") or {}
                             raise stream_error(str(error.get("type")), provider=PROVIDER, model=self.model)
@@ -102,8 +105,9 @@ class AnthropicModel:
             raise interrupted(PROVIDER, self.model) from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise malformed(PROVIDER, self.model) from exc
-        # The body ended before `message_stop`: the connection was cut.
-        raise interrupted(PROVIDER, self.model)
+        if finish is None:
+            raise interrupted(PROVIDER, self.model)  # the body ended before `message_stop`
+        yield finish
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:

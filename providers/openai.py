@@ -69,11 +69,14 @@ class OpenAIModel:
                 decoder = SSEDecoder()
                 usage = Usage()
                 stop_reason: str | None = None
+                done = False
                 async for chunk in response.iter_bytes():
+                    if done:
+                        continue  # read the body to its end so the connection goes back to the pool
                     for data in decoder.feed(chunk):
                         if data == b"[DONE]":
-                            yield Finish(model, PROVIDER, stop_reason, usage)
-                            return
+                            done = True
+                            break
                         event = json.loads(data)
                         for choice in event.get("choices") or ():
                             content = (choice.get("delta") or {}).get("content")
@@ -86,10 +89,6 @@ class OpenAIModel:
                         if "error" in event:
                             raise _stream_error(self.model)
                         model = event.get("model") or model
-                if stop_reason is not None:
-                    # Some compatible servers end the body without `[DONE]`.
-                    yield Finish(model, PROVIDER, stop_reason, usage)
-                    return
         except ProviderError:
             raise
         except openai.APIStatusError as exc:
@@ -102,7 +101,10 @@ class OpenAIModel:
             raise interrupted(PROVIDER, self.model) from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise malformed(PROVIDER, self.model) from exc
-        raise interrupted(PROVIDER, self.model)
+        # Some compatible servers end the body after the finish reason without `[DONE]`.
+        if not done and stop_reason is None:
+            raise interrupted(PROVIDER, self.model)
+        yield Finish(model, PROVIDER, stop_reason, usage)
 
 
 def _stream_error(model: str) -> ProviderError:

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 
 class SSEDecoder:
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_cr")
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._cr = False  # the last chunk ended in "\r", which may be half of "\r\n"
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add bytes from the wire; return the data payloads of the events now complete."""
+        if self._cr:
+            chunk, self._cr = b"\r" + chunk, False
         if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                chunk, self._cr = chunk[:-1], True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + chunk if self._buffer else chunk
         payloads: list[bytes] = []
@@ -24,8 +29,10 @@ class SSEDecoder:
         while (end := buffer.find(b"\n\n", start)) != -1:
             block = buffer[start:end]
             start = end + 2
-            if block.startswith(b"data:") and b"\n" not in block:
-                payloads.append(_field_value(block))  # the usual case: one data line
+            # The usual cases: a lone `data:` line (OpenAI), or `event:` then `data:` (Anthropic).
+            line = block.rfind(b"\n") + 1
+            if block.startswith(b"data:", line) and (line == 0 or block.startswith(b"event:")) and block.count(b"\n") <= 1:
+                payloads.append(_field_value(block[line:]))
                 continue
             data = [_field_value(line) for line in block.split(b"\n") if line.startswith(b"data:")]
             if data:
