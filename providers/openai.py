@@ -23,6 +23,9 @@ from providers.base import (
 from providers.errors import error_for_status, interrupted, malformed
 from providers.sse import SSEDecoder
 
+# As for Anthropic: no cap on connections (0: unlimited), idle ones kept for reuse.
+UPSTREAM_LIMITS = httpx2.Limits(max_connections=0, max_keepalive_connections=200, keepalive_expiry=30)
+
 PROVIDER = "openai"
 
 # Stop reasons in the vocabulary the `done` event uses for every provider.
@@ -32,11 +35,13 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 def create_client(
     *, api_key: str, base_url: str | None, connect_timeout: float, idle_timeout: float
 ) -> openai.AsyncOpenAI:
+    timeout = openai.Timeout(idle_timeout, connect=connect_timeout)
     return openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
         max_retries=0,
-        timeout=openai.Timeout(idle_timeout, connect=connect_timeout),
+        timeout=timeout,
+        http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=UPSTREAM_LIMITS),
     )
 
 
