@@ -17,7 +17,7 @@ from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS
 from service.limits import RateLimiter, client_of
 from service.metrics import Metrics
 from service.routes import add_routes
-from service.security import PROTECTED_PREFIX, auth_middleware, setup_cors
+from service.security import auth_middleware, is_protected, setup_cors
 from service.settings import Settings
 
 log = structlog.get_logger("ai_stream")
@@ -86,6 +86,6 @@ async def rate_limit_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Requests per minute, per client, on the `/ai/...` routes (after authentication)."""
-    if request.path.startswith(PROTECTED_PREFIX) and request.method != "OPTIONS":
+    if is_protected(request.path) and request.method != "OPTIONS":
         request.app[LIMITER].admit(client_of(request))
     return await handler(request)

@@ -120,7 +120,9 @@ def replay(history: list[StoredMessage]) -> tuple[Message, ...]:
     return tuple(messages)
 
 
-def store_answer(request: web.Request, message_id: str, deadline: float) -> Callable[[Outcome], Awaitable[dict[str, Any]]]:
+def store_answer(
+    request: web.Request, thread_id: str, message_id: str, deadline: float
+) -> Callable[[Outcome], Awaitable[dict[str, Any]]]:
     """The `on_end` of a thread's stream: store the answer, retrying with back-off until `deadline`
     (a monotonic time); the result is added to the `done` event."""
     app = request.app
@@ -132,7 +134,7 @@ def store_answer(request: web.Request, message_id: str, deadline: float) -> Call
         while True:
             try:
                 await state.ensure_open()
-                await state.store.finish_assistant_message(
+                stored = await state.store.finish_assistant_message(
                     message_id,
                     content="".join(outcome.text),
                     status=outcome.status,
@@ -146,13 +148,16 @@ def store_answer(request: web.Request, message_id: str, deadline: float) -> Call
                 state.record(not isinstance(exc, StorageUnavailable))
                 if time.monotonic() + delay > deadline:
                     app[METRICS].storage_write_failures.inc()
-                    log.error("answer_not_stored", thread_id=request.match_info.get("thread_id"), message_id=message_id, error=type(exc).__name__)
+                    log.error("answer_not_stored", thread_id=thread_id, message_id=message_id, error=type(exc).__name__)
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             state.record(True)
-            return True
+            if not stored:
+                # The thread was deleted while the answer streamed: there is nothing to store it in.
+                log.info("answer_not_stored", thread_id=thread_id, message_id=message_id, reason="thread_deleted")
+            return stored
 
     async def on_end(outcome: Outcome) -> dict[str, Any]:
         # A tracked task, so that shutdown waits for it and a cancelled handler cannot cut it.
@@ -170,6 +175,10 @@ def _thread_id(request: web.Request) -> str:
     if not THREAD_ID_PATTERN.fullmatch(thread_id):
         raise ApiError(404, "not_found", NOT_FOUND)
     return thread_id
+
+
+def _owner_from_query(request: web.Request) -> Owner:
+    return owner_of(request, _query_user_id(request))
 
 
 def _query_user_id(request: web.Request) -> str | None:
@@ -207,12 +216,13 @@ def message_json(message: StoredMessage) -> dict[str, Any]:
 async def list_messages(request: web.Request) -> web.Response:
     thread_id = _thread_id(request)
     limit = _query_limit(request)
+    owner = _owner_from_query(request)
     before = request.query.get("before") or None
     state = request.app[STORAGE]
     try:
         await state.ensure_open()
         # One more than asked tells whether older messages remain.
-        page = await state.store.list_messages(thread_id, owner_of(request, _query_user_id(request)), limit=limit + 1, before=before)
+        page = await state.store.list_messages(thread_id, owner, limit=limit + 1, before=before)
     except ThreadNotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None
     except ValueError:
@@ -235,10 +245,11 @@ async def list_messages(request: web.Request) -> web.Response:
 
 async def delete_thread(request: web.Request) -> web.Response:
     thread_id = _thread_id(request)
+    owner = _owner_from_query(request)
     state = request.app[STORAGE]
     try:
         await state.ensure_open()
-        await state.store.delete_thread(thread_id, owner_of(request, _query_user_id(request)))
+        await state.store.delete_thread(thread_id, owner)
     except ThreadNotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None
     except StorageError:

@@ -45,6 +45,7 @@ class ApiError(web.HTTPException):
 _STATUS_CODES = {
     400: ("bad_request", "The request is not valid."),
     401: ("unauthorized", "Authentication is required."),
+    403: ("forbidden", "This request is not allowed (for example, a browser origin that is not configured)."),
     404: ("not_found", "There is nothing at this path."),
     405: ("method_not_allowed", "This method is not allowed on this path."),
     413: ("body_too_large", "The request body is too large."),

@@ -133,7 +133,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             request_log(request)["thread_id"] = body.thread_id
             turn = await begin_turn(request, body.thread_id, body.user_id, messages)
             messages = replay(turn.history) + messages
-            on_end = store_answer(request, turn.assistant_message_id, started + settings.request_timeout)
+            on_end = store_answer(request, body.thread_id, turn.assistant_message_id, started + settings.request_timeout)
         model_request = ModelRequest(
             messages=messages,
             max_tokens=body.max_tokens or settings.default_max_tokens,

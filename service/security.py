@@ -14,6 +14,12 @@ from service.keys import THREAD_OWNER
 from service.settings import ApiKey, Settings
 
 PROTECTED_PREFIX = "/ai/"
+# Open like /health: load balancers that only route /ai/stream/ check this one.
+OPEN_PATHS = frozenset({"/ai/stream/health"})
+
+
+def is_protected(path: str) -> bool:
+    return path.startswith(PROTECTED_PREFIX) and path not in OPEN_PATHS
 
 
 def _digest(value: str) -> bytes:
@@ -41,7 +47,7 @@ def auth_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamRes
     ) -> web.StreamResponse:
         # No keys configured: open (only allowed on loopback or with AI_ALLOW_UNAUTHENTICATED).
         # CORS preflights carry no credentials by design; /health and /openapi.yaml stay open.
-        protected = request.path.startswith(PROTECTED_PREFIX) or (request.path == "/metrics" and not metrics_public)
+        protected = is_protected(request.path) or (request.path == "/metrics" and not metrics_public)
         if not keys or request.method == "OPTIONS" or not protected:
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

@@ -149,3 +149,16 @@ async def test_no_cors_headers_when_unset(client):
 def test_bad_cors_origin_setting():
     with pytest.raises(ConfigError, match="AI_CORS_ORIGINS"):
         load_settings(cors_origins="app.example.com/path")
+
+
+async def test_stream_health_alias_stays_open_and_unlimited(make_client):
+    client = await make_client(api_keys=KEYS, rate_limit_rpm=1)
+    for _ in range(3):
+        assert (await client.get("/ai/stream/health")).status == 200
+
+
+async def test_refused_origin_gets_a_documented_code(make_client):
+    client = await make_client(cors_origins="https://app.example.com")
+    resp = await client.options("/ai/stream/chat", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert resp.status == 403
+    assert (await resp.json())["code"] == "forbidden"

@@ -263,3 +263,13 @@ async def test_store_down_at_start_recovers(make_client, pg_url, fake_upstream):
         assert (await chat(client, turn("x")))[-1]["persisted"] is True
     finally:
         await proxy.stop()
+
+
+async def test_thread_deleted_while_answering_says_persisted_false(thread_client, fake_upstream):
+    fake_upstream.script("claude-primary", Scenario(tokens=["slow", " answer"], token_delay=0.2))
+    resp = await thread_client.post("/ai/stream/chat", json=turn("hello", thread_id="gone"))
+    await resp.content.readuntil(b"\n\n")
+    assert (await thread_client.delete("/ai/threads/gone")).status == 204
+    events = parse_events(await resp.read())
+    assert events[-1]["type"] == "done" and events[-1]["persisted"] is False
+    assert (await thread_client.get("/ai/threads/gone/messages")).status == 404
