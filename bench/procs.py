@@ -1,0 +1,256 @@
+"""Starting, watching and stopping the benchmark's server processes.
+
+Every process is started in its own session (process group) and remembered by `Processes`,
+which stops them all on exit, error or not: SIGTERM to the group, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+_SERVICE_ENV_PREFIXES = ("AI_", "ANTHROPIC_", "OPENAI_")
+_SERVICE_ENV_NAMES = {"HOST", "PORT", "DATABASE_URL", "TEST_DATABASE_URL"}
+PR_SET_PDEATHSIG = 1
+
+
+def _find_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _find_prctl()  # looked up here, so that the forked child only makes the call
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for a child: get SIGTERM when the benchmark process dies, however it dies (Linux)."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ServerFailed(RuntimeError):
+    """A server process exited or never became healthy."""
+
+
+@dataclass
+class Server:
+    """One running server: its process (and any children) and where it listens."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def processes(self) -> list[psutil.Process]:
+        """The process and its children (workers), as psutil sees them now."""
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time consumed so far, summed over the process tree."""
+        total = 0.0
+        for process in self.processes():
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for process in self.processes():
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def connections_to(self, port: int) -> int:
+        """Established TCP connections from this process tree to `port` (its upstream)."""
+        count = 0
+        for process in self.processes():
+            try:
+                conns = process.net_connections(kind="tcp")
+            except psutil.NoSuchProcess:
+                continue
+            count += sum(1 for c in conns if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+        return count
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Processes:
+    """Owns every process the benchmark starts; `close()` stops them all."""
+
+    def __init__(self, tmpdir: Path) -> None:
+        self.tmpdir = tmpdir
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, stdout_pipe: bool = False
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start `python *args` from the repository root, in a new session, output to a log file."""
+        log_path = self.tmpdir / f"{name}-{len(self._procs)}.log"
+        # The service reads its settings from the environment: only the benchmark's own apply.
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(_SERVICE_ENV_PREFIXES) and k not in _SERVICE_ENV_NAMES
+        }
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=ROOT,
+                env={**inherited, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - this process starts no threads
+            )
+        self._procs.append(proc)
+        return proc, log_path
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+        """SIGTERM to the process group, SIGKILL after `grace` seconds."""
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(proc, signal.SIGKILL)  # workers left behind by a parent that already exited
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def close(self) -> None:
+        for proc in reversed(self._procs):
+            self.stop(proc)
+        self._procs.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # start_new_session: the group id is the process id
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def read_first_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """The first stdout line of `proc` (the fake upstream prints its URL), or ServerFailed."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or proc.poll() is not None:
+            raise ServerFailed(f"no start-up line within {timeout:.0f} s (exit status {proc.poll()})")
+        ready, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.2))
+        if ready:
+            byte = os.read(proc.stdout.fileno(), 1)
+            if not byte:
+                continue
+            data += byte
+    return data.decode().strip()
+
+
+async def wait_healthy(server: Server, timeout: float = 30.0) -> None:
+    """Poll GET /health until it answers 200; ServerFailed if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                raise ServerFailed(f"{server.name} exited with status {server.proc.returncode}:\n{server.log_tail()}")
+            try:
+                async with session.get(server.url + "/health") as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    raise ServerFailed(f"{server.name} not healthy within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def start_upstream(
+    procs: Processes, tokens: int, token_delay: float, max_seconds: float
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The fake upstream process and its base URL."""
+    args = [
+        "-m",
+        "bench.upstream",
+        "--tokens",
+        str(tokens),
+        "--token-delay",
+        str(token_delay),
+        "--max-seconds",
+        str(max_seconds),
+    ]
+    proc, _ = procs.spawn("upstream", args, stdout_pipe=True)
+    return proc, read_first_line(proc, timeout=30)
+
+
+def service_env(upstream_url: str, port: int, tmpdir: Path) -> dict[str, str]:
+    return {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "ANTHROPIC_API_KEY": "sk-bench",
+        "ANTHROPIC_BASE_URL": upstream_url,
+        "AI_MODELS": "anthropic/claude-bench,anthropic/idle",
+        "AI_LOG_LEVEL": "warning",
+        "AI_LOG_FORMAT": "json",
+        "DATABASE_URL": f"sqlite:///{tmpdir}/bench.db",
+        "AI_FIRST_TOKEN_TIMEOUT": "3600",
+        "AI_REQUEST_TIMEOUT": "3600",
+        "AI_KEEPALIVE_INTERVAL": "3600",
+        # All the load comes from one client address: per-client and total limits off (0 = none).
+        "AI_RATE_LIMIT_RPM": "0",
+        "AI_MAX_CONCURRENT_STREAMS": "0",
+        "AI_MAX_TOTAL_STREAMS": "0",
+        "AI_SHUTDOWN_GRACE": "0",  # the benchmark stops servers between measurements: no draining
+    }
+
+
+async def start_server(procs: Processes, kind: str, upstream_url: str, port: int, workers: int | None = None) -> Server:
+    """Start the service (`kind="service"`) or the bare baseline and wait for its /health."""
+    if kind == "service":
+        args = ["-m", "service"] + (["--workers", str(workers)] if workers else [])
+        proc, log_path = procs.spawn("service", args, env=service_env(upstream_url, port, procs.tmpdir))
+    else:
+        args = ["-m", "bench.baseline", "--port", str(port), "--upstream", upstream_url]
+        proc, log_path = procs.spawn("baseline", args)
+    server = Server(kind, proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        await wait_healthy(server)
+    except ServerFailed:
+        procs.stop(proc)
+        raise
+    return server
