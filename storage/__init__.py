@@ -18,14 +18,10 @@ from .base import (
     ThreadNotFound,
     Turn,
 )
-from .postgres import PostgresStore
-from .sqlite import SqliteStore
 
 __all__ = [
     "DEFAULT_SQLITE_PATH",
     "Owner",
-    "PostgresStore",
-    "SqliteStore",
     "StorageError",
     "StorageUnavailable",
     "Store",
@@ -51,7 +47,10 @@ def create_store(database_url: str | None) -> Store:
     Raises ValueError for anything else; the message never repeats the URL, which may
     hold a password.
     """
+    # Each backend's driver is imported only when it is chosen (asyncpg alone is ~3 MB resident).
     if database_url is None or not database_url.strip():
+        from .sqlite import SqliteStore
+
         return SqliteStore(DEFAULT_SQLITE_PATH)
     url = database_url.strip()
     try:
@@ -60,8 +59,12 @@ def create_store(database_url: str | None) -> Store:
         raise ValueError(f"DATABASE_URL is not a valid URL; {_EXPECTED}") from None
     scheme = parts.scheme  # urlsplit lower-cases it
     if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
         return PostgresStore(url)
     if scheme == "sqlite":
+        from .sqlite import SqliteStore
+
         return SqliteStore(_sqlite_path(parts.netloc, parts.path, parts.query, parts.fragment))
     if not scheme:
         raise ValueError(f"DATABASE_URL has no scheme; {_EXPECTED}")

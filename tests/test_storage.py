@@ -12,8 +12,6 @@ import pytest
 
 from storage import (
     Owner,
-    PostgresStore,
-    SqliteStore,
     StorageUnavailable,
     Store,
     StoredMessage,
@@ -22,6 +20,8 @@ from storage import (
     create_store,
 )
 from storage.migrate import load_migrations, split_statements
+from storage.postgres import PostgresStore
+from storage.sqlite import SqliteStore
 from tests.storage_fixtures import (  # noqa: F401  (fixtures are used by name)
     StoreTarget,
     TcpProxy,
