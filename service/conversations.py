@@ -100,9 +100,18 @@ async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, 
     settings = request.app[SETTINGS]
     try:
         await state.ensure_open()
-        turn = await state.store.begin_turn(
-            thread_id, owner_of(request, user_id), [(m.role, m.content) for m in messages], settings.history_limit
+        storing = asyncio.ensure_future(
+            state.store.begin_turn(
+                thread_id, owner_of(request, user_id), [(m.role, m.content) for m in messages], settings.history_limit
+            )
         )
+        try:
+            turn = await asyncio.shield(storing)
+        except asyncio.CancelledError:
+            # The client left while the turn was being stored: once it is, close the answer it
+            # reserved, so that no row stays `pending`.
+            storing.add_done_callback(lambda done: _close_abandoned(request.app, done))
+            raise
     except ThreadNotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None
     except StorageError:
@@ -110,6 +119,33 @@ async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, 
         raise ApiError(503, "storage_unavailable", UNAVAILABLE, headers={"Retry-After": "5"}) from None
     state.record(True)
     return turn
+
+
+def track(app: web.Application, write: Awaitable[bool]) -> asyncio.Task[bool]:
+    """A storage write that outlives its request: shutdown waits for it before closing the store."""
+    task = asyncio.ensure_future(write)
+    app[PENDING_WRITES].add(task)
+    task.add_done_callback(app[PENDING_WRITES].discard)
+    return task
+
+
+def _close_abandoned(app: web.Application, storing: asyncio.Future[Turn]) -> None:
+    if storing.cancelled() or storing.exception() is not None:
+        return  # nothing was stored
+    store = app[STORAGE].store
+    track(
+        app,
+        store.finish_assistant_message(
+            storing.result().assistant_message_id,
+            content="",
+            status="interrupted",
+            model=None,
+            provider=None,
+            stop_reason=None,
+            input_tokens=None,
+            output_tokens=None,
+        ),
+    )
 
 
 def replay(history: list[StoredMessage]) -> tuple[Message, ...]:
@@ -161,10 +197,7 @@ def store_answer(
 
     async def on_end(outcome: Outcome) -> dict[str, Any]:
         # A tracked task, so that shutdown waits for it and a cancelled handler cannot cut it.
-        task = asyncio.create_task(write(outcome))
-        app[PENDING_WRITES].add(task)
-        task.add_done_callback(app[PENDING_WRITES].discard)
-        persisted = await asyncio.shield(task)
+        persisted = await asyncio.shield(track(app, write(outcome)))
         return {"message_id": message_id, "persisted": persisted}
 
     return on_end

@@ -207,18 +207,30 @@ async def stream_answer(
 
 
 async def collect_answer(
-    provider: Provider, model_request: ModelRequest, *, deadline: float, in_flight: MutableSet[Cutoff]
-) -> tuple[Outcome, int]:
-    """The whole answer at once, for `stream: false`; returns it with the HTTP status to use."""
+    provider: Provider,
+    model_request: ModelRequest,
+    *,
+    deadline: float,
+    in_flight: MutableSet[Cutoff],
+    on_end: Callable[[Outcome], Awaitable[dict[str, Any]]] | None = None,
+) -> tuple[Outcome, int, dict[str, Any]]:
+    """The whole answer at once, for `stream: false`: the answer, the HTTP status to use, and
+    what `on_end` (run exactly once, even when the client leaves) returned."""
     outcome = Outcome()
     cutoff = Cutoff()
     in_flight.add(cutoff)
     try:
         await _consume_until(cutoff, deadline, provider, model_request, outcome, None)
+    except asyncio.CancelledError:
+        outcome.client_gone = True
+        if on_end is not None:
+            await asyncio.shield(on_end(outcome))
+        raise
     finally:
         in_flight.discard(cutoff)
     if outcome.finish is None and outcome.error is None:
         outcome.error = ProviderError("upstream_error", "The model's answer ended unexpectedly.")
+    stored = await on_end(outcome) if on_end is not None else {}
     status = 200 if outcome.finish is not None else STATUS_FOR_CODE.get(outcome.error.code, 502)  # type: ignore[union-attr]
-    return outcome, status
+    return outcome, status, stored
 

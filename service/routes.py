@@ -75,15 +75,14 @@ async def _answer(
                 on_end=on_end,
             )
             return response
-        outcome, status = await collect_answer(
-            provider, model_request, deadline=settings.request_timeout, in_flight=in_flight
+        outcome, status, stored = await collect_answer(
+            provider, model_request, deadline=settings.request_timeout, in_flight=in_flight, on_end=on_end
         )
     finally:
         metrics.open_streams.dec()
         # A cancelled stream (client gone) returns no outcome; relay logged it, count it here.
         metrics.record_answer(outcome or Outcome(client_gone=True), time.perf_counter() - started)
         metrics.observe_circuits(request.app[CHAIN].circuits)
-    stored = await on_end(outcome) if on_end is not None else {}
     request_log(request).update(outcome.log_fields())
     if outcome.finish is None:
         assert outcome.error is not None

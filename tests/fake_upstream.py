@@ -12,6 +12,7 @@ import json
 import secrets
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -232,6 +233,8 @@ def _openai_usage(sc: Scenario) -> dict[str, int]:
 
 
 WireType = type[_AnthropicWire] | type[_OpenAIWire]
+# Picks the Scenario for one request from what it asked (e.g. the prompt in `body`).
+Chooser = Callable[[RecordedRequest], Scenario]
 
 
 class FakeUpstream:
@@ -243,6 +246,7 @@ class FakeUpstream:
         self.disconnects: list[RecordedRequest] = []
         self.active_streams = 0
         self._scripts: dict[str, list[Scenario]] = {}
+        self._choosers: dict[str, Chooser] = {}
         self._returned_disconnects = 0
         self._disconnected = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -287,6 +291,11 @@ class FakeUpstream:
             raise ValueError("script() needs at least one Scenario")
         self._scripts[model] = list(scenarios)
 
+    def choose(self, model: str, chooser: Chooser) -> None:
+        """Requests naming `model` play whatever `chooser` returns for their record (which holds the
+        request body); takes precedence over `script()` for that model."""
+        self._choosers[model] = chooser
+
     def requests_for(self, model: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.model == model]
 
@@ -300,8 +309,9 @@ class FakeUpstream:
         return self.disconnects[self._returned_disconnects - 1]
 
     def reset(self) -> None:
-        """Forget scripts and records."""
+        """Forget scripts, choosers and records."""
         self._scripts.clear()
+        self._choosers.clear()
         self.requests.clear()
         self.disconnects.clear()
         self._returned_disconnects = 0
@@ -327,9 +337,10 @@ class FakeUpstream:
             body = None
         body = body if isinstance(body, dict) else {}
         model = str(body.get("model", ""))
-        sc = self._next_scenario(model)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        rec = RecordedRequest(api, request.path, headers, body, model, time.monotonic(), scenario=sc)
+        rec = RecordedRequest(api, request.path, headers, body, model, time.monotonic())
+        chooser = self._choosers.get(model)
+        rec.scenario = sc = chooser(rec) if chooser is not None else self._next_scenario(model)
         self.requests.append(rec)
         task = asyncio.current_task()
         assert task is not None

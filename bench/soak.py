@@ -1,0 +1,417 @@
+"""Soak: hundreds of concurrent streams, upstream faults and client disconnects at random.
+
+    python -m bench.soak [--streams 5000] [--concurrency 400] [--duration 120] [--seed N]
+                         [--cut-share 0.05] [--database-url URL]   (default: a temporary SQLite file)
+
+Runs the fake upstream and the service on 127.0.0.1: a warm-up round, then the main round (streams
+start for at most `--duration` s each). Checks every stream's events (one terminal event, last;
+strict SSE; text = a prefix of the ONE answering attempt's unique tokens, all of them for `done`;
+no model after text), the stored turns (complete/error/interrupted with the streamed text, nothing
+left pending), and that tasks, live objects and memory return to the post-warm-up baseline.
+Prints a summary; exits 1 on any violation, 2 at the hard time cap. tests/test_soak.py runs it short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY, parse_events
+from tests.conftest import MODELS as MODEL_SPECS  # the chain `make_client` configures
+from tests.fake_upstream import FakeUpstream, RecordedRequest, Scenario
+
+MODELS = [spec.partition("/")[2] for spec in MODEL_SPECS.split(",")]  # in chain order
+# Small timeouts so that every fault resolves in well under a second; limits that would turn the
+# soak's own load away are off; circuits reopen fast (names a Settings lacks are ignored).
+SERVICE_SETTINGS: dict[str, Any] = {
+    "first_token_timeout": 0.3, "idle_timeout": 0.3, "request_timeout": 3.0, "retry_after_max": 0.2,
+    "keepalive_interval": 0.2, "cooldown_seconds": 0.5, "rate_limit_rpm": 0, "max_concurrent_streams": 0,
+    "max_total_streams": 0, "log_level": "warning",
+}
+HEADERS_TIMEOUT = 30.0  # storing the turn waits for the store, which AI_REQUEST_TIMEOUT does not bound
+STREAM_TIMEOUT = 12.0  # after the headers: request_timeout, storing the answer, a loaded loop
+STALL = 30.0  # outlives every settle: an upstream request the service failed to close shows as a task
+TASK_SLACK = 3  # timers and checks that come and go on their own
+# Memory after the main round vs after the warm-up round, which ran at full concurrency and so took
+# the allocator to its high-water mark. RSS is coarse (fragmentation, kept arenas): a fixed slack and
+# a little per stream. Live pymalloc blocks are exact: caches and interned strings add a few per
+# stream, a leaked stream (request, response, SDK objects, tasks) hundreds. And no instance of the
+# service's own classes or of an aiohttp request/response may outlive its stream.
+RSS_SLACK, RSS_PER_STREAM = 32 * 2**20, 4096
+BLOCKS_SLACK, BLOCKS_PER_STREAM = 20_000, 20
+IDLE = "upstream keep-alive connection"  # tasks of the SDKs' connection pools: at most 2 x 100
+TERMINAL = ("done", "error")
+ERROR_CODES = {"rate_limited", "upstream_unavailable", "upstream_error", "timeout"}
+AFTER_TEXT = {"error-after": {"upstream_unavailable", "upstream_error"}, "drop-after": {"upstream_unavailable"},
+              "malformed-after": {"upstream_error"}}  # codes after text, besides the deadline's "timeout"
+ANSWERS = ("ok", "slow", "late-first")  # the faults that can end with `done`
+HTTP, K = "http_error", "k"  # K: 1-3 tokens of text before the fault
+FAULTS: dict[str, tuple[int, dict[str, Any]]] = {  # name: (weight, Scenario fields)
+    "ok": (30, {}), "slow": (8, {"token_delay": 0.03}), "late-first": (3, {"first_token_delay": 0.6}),
+    "429": (5, {"kind": HTTP, "status": 429}), "429-retry": (6, {"kind": HTTP, "status": 429, "retry_after": 0.1}),
+    "429-long": (3, {"kind": HTTP, "status": 429, "retry_after": 5}), "529": (6, {"kind": HTTP, "status": 529}),
+    "500": (4, {"kind": HTTP, "status": 500}), "error-before": (4, {"kind": "stream_error"}),
+    "error-after": (4, {"kind": "stream_error", "after_tokens": K}), "drop-before": (4, {"kind": "drop"}),
+    "drop-after": (4, {"kind": "drop", "after_tokens": K}),
+    "stall-before": (3, {"kind": "stall", "stall_seconds": STALL}),
+    "stall-after": (3, {"kind": "stall", "after_tokens": K, "stall_seconds": STALL}),
+    "malformed-before": (3, {"kind": "malformed"}), "malformed-after": (3, {"kind": "malformed", "after_tokens": K}),
+}
+
+
+Attempts = list[tuple[str, str, Scenario]]  # (model, fault, scenario) of one request, in order
+
+
+class Ledger:
+    """The fake's chooser: a scenario per upstream request from (seed, request id, attempt number), so
+    a seed replays the same faults; its tokens ("r7.1.0 ", ...) are unique to the attempt."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.attempts: dict[str, Attempts] = {}
+
+    def __call__(self, rec: RecordedRequest) -> Scenario:
+        rid = str(rec.body["messages"][-1]["content"]).split()[-1]
+        tried = self.attempts.setdefault(rid, [])
+        rng = random.Random(f"{self.seed}:{rid}:{len(tried)}")
+        name = rng.choices(list(FAULTS), weights=[w for w, _ in FAULTS.values()])[0]
+        fields: dict[str, Any] = {key: rng.randint(1, 3) if v == K else v for key, v in FAULTS[name][1].items()}
+        tokens = [f"{rid}.{len(tried)}.{i} " for i in range(rng.randint(4, 9))]
+        tried.append((rec.model, name, Scenario(tokens=tokens, **fields)))
+        return tried[-1][2]
+
+
+@dataclass
+class Config:
+    streams: int = 300  # main round; a warm-up round of `warmup` streams comes first
+    concurrency: int = 150
+    duration: float = 6.0  # seconds per round in which new streams start
+    warmup: int = 150
+    seed: int = 1
+    threads: int = 8
+    thread_share: float = 0.4
+    # Clients read to the end, close after k events, close after the headers before any event, or
+    # cut the request at a time in `cut_window` (seconds), possibly before its response.
+    modes: dict[str, int] = field(default_factory=lambda: {"read": 70, "after_k": 15, "before_first": 10, "cut": 5})
+    cut_window: tuple[float, float] = (0.0, 0.03)
+
+
+@dataclass
+class Stream:
+    """One client request: its plan (drawn from the seed), then what the client saw."""
+
+    rid: str
+    thread_id: str | None
+    mode: str
+    k: int  # after_k: events read before closing
+    wait: float  # before_first: pause before closing; cut: when the request is cut
+    status: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    ended: bool = False  # the terminal event was read
+    disconnected: bool = False
+    problem: str | None = None
+    headers_after: float | None = None  # seconds from the request to its response headers
+
+    @classmethod
+    def plan(cls, cfg: Config, rid: str, threads: list[str]) -> Stream:
+        rng = random.Random(f"{cfg.seed}:plan:{rid}")
+        thread = rng.choice(threads) if rng.random() < cfg.thread_share else None
+        mode = rng.choices(list(cfg.modes), weights=list(cfg.modes.values()))[0]
+        wait = rng.uniform(*cfg.cut_window) if mode == "cut" else rng.uniform(0, 0.1)
+        return cls(rid, thread, mode, rng.randint(1, 4), wait)
+
+
+async def run_stream(session: aiohttp.ClientSession, base: str, s: Stream) -> Stream:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": f"soak {s.rid}"}]}
+    if s.thread_id:
+        body["thread_id"] = s.thread_id
+    sent = time.monotonic()
+    try:
+        async with asyncio.timeout(s.wait if s.mode == "cut" else HEADERS_TIMEOUT) as limit, \
+                session.post(f"{base}/ai/stream/chat", json=body) as resp:
+            s.status, s.headers_after = resp.status, time.monotonic() - sent
+            if s.mode != "cut":
+                limit.reschedule(asyncio.get_running_loop().time() + STREAM_TIMEOUT)
+            if resp.status != 200 or resp.content_type != "text/event-stream":
+                s.problem = f"HTTP {resp.status} {resp.content_type}: {(await resp.text())[:200]}"
+            elif s.mode in ("read", "cut"):
+                s.events, s.ended = parse_events(await resp.read()), True
+            else:
+                await asyncio.sleep(s.wait if s.mode == "before_first" else 0)
+                while not s.ended and len(s.events) < (s.k if s.mode == "after_k" else 0):
+                    s.events += parse_events(await resp.content.readuntil(b"\n\n"))
+                    s.ended = bool(s.events) and s.events[-1].get("type") in TERMINAL
+                if s.ended and (rest := await resp.read()) and parse_events(rest):
+                    s.problem = f"events after the terminal one: {rest[:200]!r}"
+                s.disconnected = not s.ended
+                resp.close()
+    except TimeoutError:
+        s.disconnected = s.mode == "cut"
+        stage = "before the headers" if s.headers_after is None else f"{STREAM_TIMEOUT:g} s after the headers"
+        s.problem = None if s.disconnected else f"the stream did not end {stage}"
+    except AssertionError as exc:
+        s.problem = f"SSE framing: {exc}"
+    except (aiohttp.ClientError, ValueError) as exc:
+        s.problem = f"{type(exc).__name__}: {exc}"
+    return s
+
+
+def answering(pieces: list[str], rid: str, attempts: Attempts) -> tuple[int | None, str | None]:
+    """The attempt whose tokens `pieces` (one per content event) are a prefix of; what is wrong if not."""
+    if not pieces:
+        return None, None
+    who, _, rest = pieces[0].partition(".")
+    n = rest.partition(".")[0]
+    if who != rid or not n.isdigit() or int(n) >= len(attempts):
+        return None, f"text {pieces[0]!r} does not belong to request {rid}"
+    if pieces != attempts[int(n)][2].tokens[: len(pieces)]:
+        return int(n), f"text is not a prefix of attempt {n}'s tokens: {''.join(pieces)[:200]!r}"
+    if int(n) != len(attempts) - 1:
+        return int(n), f"{attempts[int(n) + 1][0]} was tried after attempt {n} sent text"
+    return int(n), None
+
+
+def check_stream(s: Stream, attempts: Attempts) -> list[str]:
+    where = f"{s.rid} [{s.mode} {s.thread_id or ''}] attempts={[f'{f}@{m}' for m, f, _ in attempts]}"
+    if s.problem:
+        return [f"{where}: {s.problem}"]
+    kinds = [e.get("type") for e in s.events]
+    terminals = [i for i, kind in enumerate(kinds) if kind in TERMINAL]
+    out = [] if terminals == ([len(kinds) - 1] if s.ended else []) else [f"terminal events at {terminals}"]
+    out += [f"unknown event types in {kinds}"] if set(kinds) - {"content", *TERMINAL} else []
+    texts = [e["text"] for e in s.events if e.get("type") == "content"]
+    n, bad = answering(texts, s.rid, attempts)
+    model, fault, sc = attempts[n] if n is not None else ("", "", Scenario())
+    chain = [MODELS.index(m) for m, _, _ in attempts]  # the same model again only right after a short 429
+    out += [bad] if bad else []
+    out += [f"attempt {i} ({attempts[i][0]}) breaks the chain order" for i in range(1, len(chain))
+            if chain[i] < chain[i - 1]
+            or chain[i] == chain[i - 1] and (attempts[i - 1][1] != "429-retry" or chain.count(chain[i]) > 2)]
+    final = s.events[-1] if s.ended and s.events else {}
+    if final.get("type") == "done" and (texts != sc.tokens or fault not in ANSWERS
+                                        or (final["model"], final["usage"]["output_tokens"]) != (model, len(texts))):
+        out.append("done does not match the attempt that answered")
+    elif final.get("type") == "error":
+        allowed = ERROR_CODES if n is None else {"timeout"} | AFTER_TEXT.get(fault, set())
+        out += [] if final.get("code") in allowed else [f"error code not in {sorted(allowed)}"]
+    return [f"{where}: {v}; events={str(s.events)[:300]}" for v in out]
+
+
+async def fetch_thread(session: aiohttp.ClientSession, base: str, thread_id: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    params = {"limit": "200"}
+    while True:
+        async with session.get(f"{base}/ai/threads/{thread_id}/messages", params=params) as resp:
+            if resp.status == 404:
+                return rows
+            page = await resp.json()
+        rows[:0], params["before"] = page["messages"], page["next_before"]
+        if not page["has_more"]:
+            return rows
+
+
+async def check_storage(session: aiohttp.ClientSession, base: str, streams: list[Stream], ledger: Ledger,
+                        threads: list[str], wait: float = 3.0) -> list[str]:
+    deadline = time.monotonic() + wait
+    while True:  # a disconnected answer is stored a moment after the client left
+        rows = {t: await fetch_thread(session, base, t) for t in threads}
+        pending = [(t, m["id"]) for t, ms in rows.items() for m in ms if m["status"] == "pending"]
+        if not pending or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    out = [f"thread {t}: message {m} still pending {wait:g} s after the round" for t, m in pending]
+    answers: dict[str, dict[str, Any]] = {}
+    for t, ms in rows.items():
+        for i, m in enumerate(ms):
+            if m["role"] == "user" and i + 1 < len(ms) and ms[i + 1]["role"] == "assistant":
+                answers[m["content"].split()[-1]] = ms[i + 1]
+            elif m["role"] == "user" or i == 0 or ms[i - 1]["role"] != "user":
+                out.append(f"thread {t}: message {m['id']} ({m['role']}) is not part of a question-answer pair")
+    for s in streams:
+        row = answers.get(s.rid)
+        if not s.thread_id or s.problem or (row is None and s.status == 0):
+            continue  # nothing to store, failed already, or cut before the service answered
+        final = s.events[-1] if s.ended else {}
+        text = "".join(e["text"] for e in s.events if e.get("type") == "content")
+        where = f"{s.rid} [{s.mode} {s.thread_id}] final={final} row={row}"
+        if row is None:
+            out.append(f"{where}: the turn was not stored")
+        elif final.get("type") == "done" and (final.get("persisted"), final.get("message_id"), row["status"],
+                                              row["content"]) != (True, row["id"], "complete", text):
+            out.append(f"{where}: a done answer is not stored as complete with the streamed text")
+        elif final.get("type") == "error" and (row["status"], row["content"]) != ("error", text):
+            out.append(f"{where}: an error answer is not stored as error with the partial text")
+        elif not final:  # the client left; an answer that ended before the service noticed keeps its end
+            *whole, tail = row["content"].split(" ")
+            tried = ledger.attempts.get(s.rid, [])
+            n, bad = answering([p + " " for p in whole] + ([tail] if tail else []), s.rid, tried)
+            complete = n is not None and row["content"] == "".join(tried[n][2].tokens)
+            if bad or row["status"] not in ("interrupted", "complete", "error") \
+                    or not row["content"].startswith(text) or (row["status"] == "complete" and not complete):
+                out.append(f"{where}: a disconnected answer is stored wrongly ({bad or row['status']})")
+    return out
+
+
+def census(service_port: int, full: bool = True) -> tuple[Counter[str], Counter[str], int, int]:
+    """Tasks by coroutine; with `full`, after a collection, live instances of the service's own classes
+    and of aiohttp requests/responses, live pymalloc blocks and RSS."""
+    tasks: Counter[str] = Counter()
+    for task in asyncio.all_tasks():
+        coro: Any = task.get_coro()
+        name = getattr(coro, "__qualname__", type(coro).__name__)
+        if name == "RequestHandler.start":  # one per open connection of an aiohttp server
+            handler = coro.cr_frame.f_locals.get("self") if coro.cr_frame else None
+            sock = handler.transport.get_extra_info("sockname") if handler and handler.transport else None
+            name = "service connection" if sock and sock[1] == service_port else IDLE
+        tasks[name] += 1
+    if not full:
+        return tasks, Counter(), 0, 0
+    gc.collect()
+    own = ("service", "providers", "storage")
+    objects = Counter(type(o).__qualname__ for o in gc.get_objects()
+                      if isinstance(o, web.BaseRequest | web.StreamResponse)
+                      or str(getattr(type(o), "__module__", "")).partition(".")[0] in own)
+    return tasks, objects, sys.getallocatedblocks(), psutil.Process().memory_info().rss
+
+
+class Soak:
+    def __init__(self, base: str, upstream: FakeUpstream, service_port: int, cfg: Config) -> None:
+        self.base, self.upstream, self.service_port, self.cfg = base, upstream, service_port, cfg
+        self.ledger = Ledger(cfg.seed)
+        for model in MODELS:
+            upstream.choose(model, self.ledger)
+        self.threads = [f"soak-{uuid.uuid4().hex[:8]}-{i}" for i in range(cfg.threads)]
+        self.counts: dict[str, Counter[str]] = {k: Counter() for k in ("outcomes", "modes", "attempts", "headers")}
+        self.violations: list[str] = []
+        self.snapshots: dict[str, tuple[Counter[str], Counter[str], int, int]] = {}
+
+    async def round(self, session: aiohttp.ClientSession, prefix: str, count: int) -> list[Stream]:
+        plans = (Stream.plan(self.cfg, f"{prefix}{i}", self.threads) for i in range(count))
+        streams: list[Stream] = []
+        stop_at = time.monotonic() + self.cfg.duration
+
+        async def worker() -> None:
+            for plan in plans:  # one generator shared by all workers
+                if time.monotonic() > stop_at:
+                    return
+                streams.append(await run_stream(session, self.base, plan))
+
+        await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
+        for s in streams:
+            self.violations += check_stream(s, self.ledger.attempts.get(s.rid, []))
+            gone = s.disconnected and ("disconnected" if s.status else "cut before the response")
+            self.counts["outcomes"][s.problem and "client problem" or gone or s.events[-1].get("code", "done")] += 1
+            self.counts["modes"][s.mode] += 1
+            if s.headers_after is not None:
+                self.counts["headers"][next(f"<{b:g} s" for b in (0.1, 1, 3, 10, 1e9) if s.headers_after < b)] += 1
+        self.violations += await check_storage(session, self.base, streams, self.ledger, self.threads)
+        # Keep counters only: whatever else is left after the round is the service's.
+        self.counts["attempts"].update(fault for tried in self.ledger.attempts.values() for _, fault, _ in tried)
+        self.ledger.attempts.clear()
+        self.upstream.requests.clear()
+        self.upstream.disconnects.clear()
+        return streams
+
+    async def settle(self, session: aiohttp.ClientSession, name: str) -> None:
+        """Wait (up to 5 s) until no stream is open and no request handler runs, then measure; after
+        the main round, compare with the baseline (idle upstream keep-alive connections aside)."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            await asyncio.sleep(0.2)
+            async with session.get(f"{self.base}/health") as resp:
+                busy = (await resp.json())["open_streams"]
+            tasks = census(self.service_port, full=False)[0]
+            if not (busy or tasks["RequestHandler._handle_request"] or tasks["service connection"]):
+                break
+            if time.monotonic() > deadline:
+                self.violations.append(f"{name}: still {busy} open streams and tasks {dict(tasks)} after 5 s")
+                break
+        tasks, objects, blocks, rss = self.snapshots[name] = census(self.service_port)
+        problems = [f"{tasks[IDLE]} idle upstream connections"] if tasks[IDLE] > 210 else []
+        if name != "baseline":
+            tasks0, objects0, blocks0, rss0 = self.snapshots["baseline"]
+            extra, n = (tasks - tasks0) - Counter({IDLE: tasks[IDLE]}), self.cfg.streams
+            problems += [f"tasks left: {dict(extra)}"] if extra.total() > TASK_SLACK else []
+            problems += [f"objects outlived their streams: {dict(objects - objects0)}"] if objects - objects0 else []
+            if blocks - blocks0 > BLOCKS_SLACK + BLOCKS_PER_STREAM * n:
+                problems.append(f"{blocks - blocks0} more live blocks")
+            if rss - rss0 > RSS_SLACK + RSS_PER_STREAM * n:
+                problems.append(f"RSS grew {(rss - rss0) / 2**20:.1f} MiB")
+        self.violations += [f"{name}: {p}" for p in problems]
+
+    def summary(self, elapsed: float) -> str:
+        streams = sum(self.counts["outcomes"].values())
+        lines = [f"seed {self.cfg.seed}: {streams} streams (warm-up + main), {self.cfg.concurrency} at once, {elapsed:.1f} s"]
+        lines += [f"{k}: " + ", ".join(f"{n}={v}" for n, v in c.most_common()) for k, c in self.counts.items()]
+        if len(self.snapshots) == 2:
+            (t0, o0, b0, r0), (t1, o1, b1, r1) = self.snapshots["baseline"], self.snapshots["after"]
+            lines.append(f"baseline -> after: tasks {t0.total() - t0[IDLE]} -> {t1.total() - t1[IDLE]} (+ idle "
+                         f"upstream connections {t0[IDLE]} -> {t1[IDLE]}); objects of the service's classes "
+                         f"{o0.total()} -> {o1.total()}; live blocks {b1 - b0:+d}; "
+                         f"RSS {r0 / 2**20:.1f} -> {r1 / 2**20:.1f} MiB")
+        return "\n".join(lines + [f"violations: {len(self.violations)}"] + [f"  {v}" for v in self.violations[:30]])
+
+
+async def soak(base: str, upstream: FakeUpstream, service_port: int, cfg: Config) -> Soak:
+    run = Soak(base, upstream, service_port, cfg)
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # no idle client connections to count
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await run.round(session, "w", cfg.warmup)
+        await run.settle(session, "baseline")
+        await run.round(session, "r", cfg.streams)
+        await run.settle(session, "after")
+    return run
+
+
+async def main(args: argparse.Namespace) -> int:
+    from service.app import create_app
+    from service.log import configure_logging
+    from service.settings import load_settings
+
+    configure_logging("warning")
+    modes = {"read": 70, "after_k": 15, "before_first": 10, "cut": round(100 * args.cut_share)}
+    cfg = Config(args.streams, args.concurrency, args.duration, min(args.streams, 2 * args.concurrency), args.seed,
+                 args.threads, modes=modes)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        async with FakeUpstream() as upstream:
+            settings = load_settings(
+                models=MODEL_SPECS, anthropic_api_key=ANTHROPIC_KEY, anthropic_base_url=upstream.base_url,
+                openai_api_key=OPENAI_KEY, openai_base_url=upstream.openai_base_url,
+                database_url=args.database_url or f"sqlite:///{tmp}/soak.db", **SERVICE_SETTINGS)
+            runner = web.AppRunner(create_app(settings), handler_cancellation=True, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            port = runner.addresses[0][1]
+            try:  # hard cap: both rounds, the last streams' own limits, the checks
+                async with asyncio.timeout(2 * (args.duration + HEADERS_TIMEOUT + STREAM_TIMEOUT) + 60):
+                    run = await soak(f"http://127.0.0.1:{port}", upstream, port, cfg)
+            except TimeoutError:
+                print(f"the soak did not finish within its hard time cap (seed {args.seed})")
+                return 2
+            finally:
+                await runner.cleanup()
+    print(f"store: {str(settings.database_url).split(':', 1)[0]}\n{run.summary(time.monotonic() - started)}")
+    return 1 if run.violations else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, kind, default in [("--streams", int, 5000), ("--concurrency", int, 400), ("--duration", float, 120.0),
+                                ("--seed", int, random.randrange(2**31)), ("--threads", int, 32),
+                                ("--cut-share", float, 0.05), ("--database-url", str, None)]:
+        parser.add_argument(flag, type=kind, default=default)
+    sys.exit(asyncio.run(main(parser.parse_args())))
