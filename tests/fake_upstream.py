@@ -53,6 +53,7 @@ class Scenario:
     stop_reason: str = "end_turn"
     input_tokens: int = 11
     output_tokens: int | None = None  # default: len(tokens)
+    end_delay: float = 0.0  # seconds between the last event and the end of the body
 
     @property
     def out_tokens(self) -> int:
@@ -72,6 +73,7 @@ class RecordedRequest:
     ended_at: float | None = None  # when the response finished or the client went away
     disconnected: bool = False
     scenario: Scenario | None = None  # extra: what the fake played
+    peer: tuple[str, int] | None = None  # the client's address: the same one means a reused connection
 
 
 def _rand_id(prefix: str, n: int = 24) -> str:
@@ -339,6 +341,8 @@ class FakeUpstream:
         model = str(body.get("model", ""))
         headers = {k.lower(): v for k, v in request.headers.items()}
         rec = RecordedRequest(api, request.path, headers, body, model, time.monotonic())
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        rec.peer = (peer[0], peer[1]) if peer else None
         chooser = self._choosers.get(model)
         rec.scenario = sc = chooser(rec) if chooser is not None else self._next_scenario(model)
         self.requests.append(rec)
@@ -372,6 +376,8 @@ class FakeUpstream:
         self.active_streams += 1
         try:
             await wire(resp, rec.model, sc, rec.body).run()
+            if sc.end_delay:
+                await asyncio.sleep(sc.end_delay)
             await resp.write_eof()
         except _Dropped:
             assert request.transport is not None

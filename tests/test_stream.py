@@ -195,3 +195,16 @@ async def test_upstream_receives_the_configured_key_and_no_sdk_retries(client, f
     # SDK 2.x sends the key as a bearer token.
     assert primary[0].headers["authorization"] == "Bearer sk-ant-test-0123456789-secret"
     assert fake_upstream.requests_for("gpt-fallback") == []
+
+
+async def test_upstream_connections_are_reused(client, fake_upstream):
+    # The body ends a little after the last event, as it may behind a real proxy.
+    for model in ("claude-primary", "gpt-fallback"):
+        fake_upstream.script(model, Scenario(end_delay=0.05))
+    for model in ("claude-primary", "claude-primary", "gpt-fallback", "gpt-fallback"):
+        resp = await client.post("/ai/stream/generate", json={"prompt": "x", "model": model})
+        assert parse_events(await resp.read())[-1]["type"] == "done"
+    anthropic_peers = {r.peer for r in fake_upstream.requests_for("claude-primary")}
+    openai_peers = {r.peer for r in fake_upstream.requests_for("gpt-fallback")}
+    # One connection each: the bodies were read to their end and went back to the pool.
+    assert len(anthropic_peers) == 1 and len(openai_peers) == 1
