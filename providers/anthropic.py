@@ -24,10 +24,7 @@ from providers.base import (
 )
 from providers.errors import error_for_status, interrupted, malformed, stream_error
 from providers.sse import SSEDecoder
-
-# No cap on connections to the model (0: unlimited; every open stream holds one), and idle ones
-# are kept for reuse.
-UPSTREAM_LIMITS = httpx2.Limits(max_connections=0, max_keepalive_connections=200, keepalive_expiry=30)
+from providers.transport import UPSTREAM_LIMITS
 
 PROVIDER = "anthropic"
 

@@ -22,9 +22,7 @@ from providers.base import (
 )
 from providers.errors import error_for_status, interrupted, malformed
 from providers.sse import SSEDecoder
-
-# As for Anthropic: no cap on connections (0: unlimited), idle ones kept for reuse.
-UPSTREAM_LIMITS = httpx2.Limits(max_connections=0, max_keepalive_connections=200, keepalive_expiry=30)
+from providers.transport import UPSTREAM_LIMITS
 
 PROVIDER = "openai"
 
