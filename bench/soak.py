@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import gc
 import random
+import re
 import sys
 import tempfile
 import time
@@ -45,13 +46,15 @@ HEADERS_TIMEOUT = 30.0  # storing the turn waits for the store, which AI_REQUEST
 STREAM_TIMEOUT = 12.0  # after the headers: request_timeout, storing the answer, a loaded loop
 STALL = 30.0  # outlives every settle: an upstream request the service failed to close shows as a task
 TASK_SLACK = 3  # timers and checks that come and go on their own
-# Memory after the main round vs after the warm-up round, which ran at full concurrency and so took
-# the allocator to its high-water mark. RSS is coarse (fragmentation, kept arenas): a fixed slack and
-# a little per stream. Live pymalloc blocks are exact: caches and interned strings add a few per
-# stream, a leaked stream (request, response, SDK objects, tasks) hundreds. And no instance of the
-# service's own classes or of an aiohttp request/response may outlive its stream.
-RSS_SLACK, RSS_PER_STREAM = 32 * 2**20, 4096
-BLOCKS_SLACK, BLOCKS_PER_STREAM = 20_000, 20
+# Memory after the main round vs after the warm-up round, which ran at full concurrency. RSS is coarse:
+# freed heap is rarely handed back, and the main round's backlog (turns waiting for the store, shielded
+# writes) can run deeper than the warm-up's, so a fixed 48 MiB (measured: 5,000 streams at 400, SQLite:
+# +48 MiB, flat after the first seconds), plus 4 KiB a stream, which a leaked response (tens of KiB)
+# exceeds in a long run. Exact, for any run length: live pymalloc blocks (caches and interned strings
+# add a few per stream; a leaked stream holds hundreds), and no instance of the service's own classes
+# (its EventStream included) or request to it may outlive its stream.
+RSS_SLACK, RSS_PER_STREAM = 48 * 2**20, 4096
+BLOCKS_SLACK, BLOCKS_PER_STREAM, BLOCKS_PER_IDLE = 20_000, 20, 400  # an idle upstream connection: ~270
 IDLE = "upstream keep-alive connection"  # tasks of the SDKs' connection pools: at most 2 x 100
 TERMINAL = ("done", "error")
 ERROR_CODES = {"rate_limited", "upstream_unavailable", "upstream_error", "timeout"}
@@ -62,10 +65,10 @@ HTTP, K = "http_error", "k"  # K: 1-3 tokens of text before the fault
 FAULTS: dict[str, tuple[int, dict[str, Any]]] = {  # name: (weight, Scenario fields)
     "ok": (30, {}), "slow": (8, {"token_delay": 0.03}), "late-first": (3, {"first_token_delay": 0.6}),
     "429": (5, {"kind": HTTP, "status": 429}), "429-retry": (6, {"kind": HTTP, "status": 429, "retry_after": 0.1}),
-    "429-long": (3, {"kind": HTTP, "status": 429, "retry_after": 5}), "529": (6, {"kind": HTTP, "status": 529}),
-    "500": (4, {"kind": HTTP, "status": 500}), "error-before": (4, {"kind": "stream_error"}),
-    "error-after": (4, {"kind": "stream_error", "after_tokens": K}), "drop-before": (4, {"kind": "drop"}),
-    "drop-after": (4, {"kind": "drop", "after_tokens": K}),
+    "429-long": (3, {"kind": HTTP, "status": 429, "retry_after": 5}),
+    "529": (6, {"kind": HTTP, "status": 529}), "500": (4, {"kind": HTTP, "status": 500}),
+    "error-before": (4, {"kind": "stream_error"}), "error-after": (4, {"kind": "stream_error", "after_tokens": K}),
+    "drop-before": (4, {"kind": "drop"}), "drop-after": (4, {"kind": "drop", "after_tokens": K}),
     "stall-before": (3, {"kind": "stall", "stall_seconds": STALL}),
     "stall-after": (3, {"kind": "stall", "after_tokens": K, "stall_seconds": STALL}),
     "malformed-before": (3, {"kind": "malformed"}), "malformed-after": (3, {"kind": "malformed", "after_tokens": K}),
@@ -124,6 +127,7 @@ class Stream:
     disconnected: bool = False
     problem: str | None = None
     headers_after: float | None = None  # seconds from the request to its response headers
+    text: str = ""  # the content received, once checked (then only the last event is kept)
 
     @classmethod
     def plan(cls, cfg: Config, rid: str, threads: list[str]) -> Stream:
@@ -145,7 +149,9 @@ async def run_stream(session: aiohttp.ClientSession, base: str, s: Stream) -> St
             s.status, s.headers_after = resp.status, time.monotonic() - sent
             if s.mode != "cut":
                 limit.reschedule(asyncio.get_running_loop().time() + STREAM_TIMEOUT)
-            if resp.status != 200 or resp.content_type != "text/event-stream":
+            if resp.status == 503 and s.thread_id and (await resp.json())["code"] == "storage_unavailable":
+                pass  # documented: the store cannot take the turn now (down, or its pool exhausted)
+            elif resp.status != 200 or resp.content_type != "text/event-stream":
                 s.problem = f"HTTP {resp.status} {resp.content_type}: {(await resp.text())[:200]}"
             elif s.mode in ("read", "cut"):
                 s.events, s.ended = parse_events(await resp.read()), True
@@ -201,8 +207,9 @@ def check_stream(s: Stream, attempts: Attempts) -> list[str]:
             if chain[i] < chain[i - 1]
             or chain[i] == chain[i - 1] and (attempts[i - 1][1] != "429-retry" or chain.count(chain[i]) > 2)]
     final = s.events[-1] if s.ended and s.events else {}
+    usage = final.get("usage") or {}
     if final.get("type") == "done" and (texts != sc.tokens or fault not in ANSWERS
-                                        or (final["model"], final["usage"]["output_tokens"]) != (model, len(texts))):
+                                        or (final.get("model"), usage.get("output_tokens")) != (model, len(texts))):
         out.append("done does not match the attempt that answered")
     elif final.get("type") == "error":
         allowed = ERROR_CODES if n is None else {"timeout"} | AFTER_TEXT.get(fault, set())
@@ -242,15 +249,15 @@ async def check_storage(session: aiohttp.ClientSession, base: str, streams: list
                 out.append(f"thread {t}: message {m['id']} ({m['role']}) is not part of a question-answer pair")
     for s in streams:
         row = answers.get(s.rid)
-        if not s.thread_id or s.problem or (row is None and s.status == 0):
-            continue  # nothing to store, failed already, or cut before the service answered
-        final = s.events[-1] if s.ended else {}
-        text = "".join(e["text"] for e in s.events if e.get("type") == "content")
+        if not s.thread_id or s.problem or (row is None and s.status in (0, 503)):
+            continue  # nothing to store, failed already, refused, or cut before the service answered
+        final, text = s.events[-1] if s.ended else {}, s.text
         where = f"{s.rid} [{s.mode} {s.thread_id}] final={final} row={row}"
-        if row is None:
-            out.append(f"{where}: the turn was not stored")
-        elif final.get("type") == "done" and (final.get("persisted"), final.get("message_id"), row["status"],
-                                              row["content"]) != (True, row["id"], "complete", text):
+        if row is None or s.status == 503:
+            out.append(f"{where}: " + ("a refused turn was stored" if row else "the turn was not stored"))
+        elif final.get("type") == "done" and final.get("persisted") is not False and (  # false: may be pending
+                final.get("persisted"), final.get("message_id"), row["status"], row["content"]) != (
+                True, row["id"], "complete", text):
             out.append(f"{where}: a done answer is not stored as complete with the streamed text")
         elif final.get("type") == "error" and (row["status"], row["content"]) != ("error", text):
             out.append(f"{where}: an error answer is not stored as error with the partial text")
@@ -267,7 +274,7 @@ async def check_storage(session: aiohttp.ClientSession, base: str, streams: list
 
 def census(service_port: int, full: bool = True) -> tuple[Counter[str], Counter[str], int, int]:
     """Tasks by coroutine; with `full`, after a collection, live instances of the service's own classes
-    and of aiohttp requests/responses, live pymalloc blocks and RSS."""
+    and requests to it, live pymalloc blocks and RSS."""
     tasks: Counter[str] = Counter()
     for task in asyncio.all_tasks():
         coro: Any = task.get_coro()
@@ -280,9 +287,9 @@ def census(service_port: int, full: bool = True) -> tuple[Counter[str], Counter[
     if not full:
         return tasks, Counter(), 0, 0
     gc.collect()
-    own = ("service", "providers", "storage")
+    own = ("service", "providers", "storage")  # (an idle keep-alive connection keeps its last request)
     objects = Counter(type(o).__qualname__ for o in gc.get_objects()
-                      if isinstance(o, web.BaseRequest | web.StreamResponse)
+                      if isinstance(o, web.BaseRequest) and not o.path.startswith("/v1/")  # not the fake's API
                       or str(getattr(type(o), "__module__", "")).partition(".")[0] in own)
     return tasks, objects, sys.getallocatedblocks(), psutil.Process().memory_info().rss
 
@@ -294,7 +301,8 @@ class Soak:
         for model in MODELS:
             upstream.choose(model, self.ledger)
         self.threads = [f"soak-{uuid.uuid4().hex[:8]}-{i}" for i in range(cfg.threads)]
-        self.counts: dict[str, Counter[str]] = {k: Counter() for k in ("outcomes", "modes", "attempts", "headers")}
+        kinds = ("outcomes", "modes", "attempts", "time to headers")
+        self.counts: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
         self.violations: list[str] = []
         self.snapshots: dict[str, tuple[Counter[str], Counter[str], int, int]] = {}
 
@@ -307,23 +315,38 @@ class Soak:
             for plan in plans:  # one generator shared by all workers
                 if time.monotonic() > stop_at:
                     return
-                streams.append(await run_stream(session, self.base, plan))
+                streams.append(self.tally(await run_stream(session, self.base, plan)))
 
         await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
-        for s in streams:
-            self.violations += check_stream(s, self.ledger.attempts.get(s.rid, []))
-            gone = s.disconnected and ("disconnected" if s.status else "cut before the response")
-            self.counts["outcomes"][s.problem and "client problem" or gone or s.events[-1].get("code", "done")] += 1
-            self.counts["modes"][s.mode] += 1
-            if s.headers_after is not None:
-                self.counts["headers"][next(f"<{b:g} s" for b in (0.1, 1, 3, 10, 1e9) if s.headers_after < b)] += 1
         self.violations += await check_storage(session, self.base, streams, self.ledger, self.threads)
-        # Keep counters only: whatever else is left after the round is the service's.
-        self.counts["attempts"].update(fault for tried in self.ledger.attempts.values() for _, fault, _ in tried)
         self.ledger.attempts.clear()
-        self.upstream.requests.clear()
-        self.upstream.disconnects.clear()
         return streams
+
+    def tally(self, s: Stream) -> Stream:
+        """Check and count a stream that ended, and keep only what the storage check needs, so that the
+        soak's own memory does not grow with the number of streams."""
+        tried = self.ledger.attempts.get(s.rid, [])
+        self.violations += check_stream(s, tried)
+        final = s.events[-1] if s.ended and s.events else {}
+        outcome = final.get("code") or final.get("type") or "no terminal event"
+        outcome += ", persisted: false" if final.get("persisted") is False else ""
+        if s.status == 503 and not s.problem:
+            outcome = "refused: storage_unavailable"
+        if s.problem or s.disconnected:
+            outcome = "client problem" if s.problem else "disconnected" if s.status else "cut before the response"
+        self.counts["outcomes"][outcome] += 1
+        self.counts["modes"][s.mode] += 1
+        self.counts["attempts"].update(fault for _, fault, _ in tried)
+        if s.headers_after is not None:
+            bucket = next((f"<{b:g} s" for b in (0.1, 1, 3, 10) if s.headers_after < b), ">=10 s")
+            self.counts["time to headers"][bucket] += 1
+        if not (s.thread_id and s.disconnected):  # the storage check reads the attempts of these only
+            self.ledger.attempts.pop(s.rid, None)
+        s.text = "".join(e["text"] for e in s.events if e.get("type") == "content")
+        s.events = s.events[-1:] if s.ended else []
+        self.upstream.requests.clear()  # the fake's records: the ledger has what the checks need
+        self.upstream.disconnects.clear()
+        return s
 
     async def settle(self, session: aiohttp.ClientSession, name: str) -> None:
         """Wait (up to 5 s) until no stream is open and no request handler runs, then measure; after
@@ -346,7 +369,8 @@ class Soak:
             extra, n = (tasks - tasks0) - Counter({IDLE: tasks[IDLE]}), self.cfg.streams
             problems += [f"tasks left: {dict(extra)}"] if extra.total() > TASK_SLACK else []
             problems += [f"objects outlived their streams: {dict(objects - objects0)}"] if objects - objects0 else []
-            if blocks - blocks0 > BLOCKS_SLACK + BLOCKS_PER_STREAM * n:
+            idle_growth = max(0, tasks[IDLE] - tasks0[IDLE])
+            if blocks - blocks0 > BLOCKS_SLACK + BLOCKS_PER_STREAM * n + BLOCKS_PER_IDLE * idle_growth:
                 problems.append(f"{blocks - blocks0} more live blocks")
             if rss - rss0 > RSS_SLACK + RSS_PER_STREAM * n:
                 problems.append(f"RSS grew {(rss - rss0) / 2**20:.1f} MiB")
@@ -354,7 +378,8 @@ class Soak:
 
     def summary(self, elapsed: float) -> str:
         streams = sum(self.counts["outcomes"].values())
-        lines = [f"seed {self.cfg.seed}: {streams} streams (warm-up + main), {self.cfg.concurrency} at once, {elapsed:.1f} s"]
+        head = f"seed {self.cfg.seed}: {streams} streams (warm-up + main), {self.cfg.concurrency} at once"
+        lines = [f"{head}, {elapsed:.1f} s"]
         lines += [f"{k}: " + ", ".join(f"{n}={v}" for n, v in c.most_common()) for k, c in self.counts.items()]
         if len(self.snapshots) == 2:
             (t0, o0, b0, r0), (t1, o1, b1, r1) = self.snapshots["baseline"], self.snapshots["after"]
@@ -362,7 +387,11 @@ class Soak:
                          f"upstream connections {t0[IDLE]} -> {t1[IDLE]}); objects of the service's classes "
                          f"{o0.total()} -> {o1.total()}; live blocks {b1 - b0:+d}; "
                          f"RSS {r0 / 2**20:.1f} -> {r1 / 2**20:.1f} MiB")
-        return "\n".join(lines + [f"violations: {len(self.violations)}"] + [f"  {v}" for v in self.violations[:30]])
+        what = (re.split(r"[]}]: ", v)[-1].split("; events=")[0] for v in self.violations)  # without the where
+        kinds = Counter(re.sub(r"msg_\w+|soak-[\w-]+|\b[rwcx]\d+\S*|[\d.]+", "#", w)[:100] for w in what)
+        lines += [f"violations: {len(self.violations)}"] + [f"  {n} x {kind}" for kind, n in kinds.most_common()]
+        first = ["first ones:"] + [f"  {v}" for v in self.violations[:20]] if self.violations else []
+        return "\n".join(lines + first)
 
 
 async def soak(base: str, upstream: FakeUpstream, service_port: int, cfg: Config) -> Soak:
