@@ -11,7 +11,7 @@ from aiohttp import web
 
 from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
-from service.conversations import add_thread_routes, storage_context
+from service.conversations import add_thread_routes
 from service.errors import add_request_id, request_middleware
 from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS
 from service.limits import RateLimiter, client_of
@@ -19,6 +19,7 @@ from service.metrics import Metrics
 from service.routes import add_routes
 from service.security import auth_middleware, is_protected, setup_cors
 from service.settings import Settings
+from service.storage_state import storage_context
 
 log = structlog.get_logger("ai_stream")
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -13,81 +12,23 @@ from aiohttp import web
 
 from providers.base import Message
 from service.errors import ApiError
-from service.keys import METRICS, PENDING_WRITES, SETTINGS, STORAGE, THREAD_OWNER
+from service.keys import METRICS, SETTINGS, STORAGE, THREAD_OWNER
 from service.relay import Outcome
 from service.schemas import THREAD_ID_PATTERN
+from service.storage_state import DeferredAnswer, track
 from storage import (
     Owner,
     StorageError,
     StorageUnavailable,
-    Store,
     StoredMessage,
     ThreadNotFound,
     Turn,
-    create_store,
 )
 
 log = structlog.get_logger("ai_stream")
 
 UNAVAILABLE = "Conversation storage is unavailable right now; try again shortly."
 NOT_FOUND = "There is no such thread."
-
-
-class StorageState:
-    """The store, and whether it answered lately, kept fresh by a background check so that
-    /health reads a flag instead of waiting on the database."""
-
-    def __init__(self, store: Store, check_interval: float) -> None:
-        self.store = store
-        self.opened = False
-        self.ok = False
-        self.check_interval = check_interval
-
-    async def ensure_open(self) -> None:
-        if not self.opened:
-            await self.store.open()
-            self.opened = True
-
-    async def check(self) -> None:
-        try:
-            await self.ensure_open()
-        except StorageError:
-            self.ok = False
-            return
-        self.ok = await self.store.ping()
-
-    async def watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.check_interval)
-            was_ok = self.ok
-            await self.check()
-            if self.ok != was_ok:
-                log.warning("storage_state", backend=self.store.backend, ok=self.ok)
-
-    def record(self, ok: bool) -> None:
-        """What a request just learned about the store."""
-        self.ok = ok
-
-
-async def storage_context(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: open the store (or keep trying in the background), close it last."""
-    settings = app[SETTINGS]
-    state = StorageState(create_store(settings.database_url), settings.storage_check_interval)
-    await state.check()
-    if not state.ok:
-        log.warning("storage_unavailable_at_start", backend=state.store.backend)
-    app[STORAGE] = state
-    app[PENDING_WRITES] = set()
-    watcher = asyncio.create_task(state.watch())
-    yield
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
-    # Answers still being stored (streams that just ended) are written before the store closes.
-    pending = app[PENDING_WRITES]
-    if pending:
-        await asyncio.wait(pending, timeout=settings.shutdown_write_timeout)
-    await state.store.close()
 
 
 def owner_of(request: web.Request, user_id: str | None) -> Owner:
@@ -119,14 +60,6 @@ async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, 
         raise ApiError(503, "storage_unavailable", UNAVAILABLE, headers={"Retry-After": "5"}) from None
     state.record(True)
     return turn
-
-
-def track(app: web.Application, write: Awaitable[bool]) -> asyncio.Task[bool]:
-    """A storage write that outlives its request: shutdown waits for it before closing the store."""
-    task = asyncio.ensure_future(write)
-    app[PENDING_WRITES].add(task)
-    task.add_done_callback(app[PENDING_WRITES].discard)
-    return task
 
 
 def _close_abandoned(app: web.Application, storing: asyncio.Future[Turn]) -> None:
@@ -166,25 +99,28 @@ def store_answer(
 
     async def write(outcome: Outcome) -> bool:
         finish = outcome.finish
+        fields: dict[str, Any] = {
+            "content": "".join(outcome.text),
+            "status": outcome.status,
+            "model": finish.model if finish else None,
+            "provider": finish.provider if finish else None,
+            "stop_reason": finish.stop_reason if finish else None,
+            "input_tokens": finish.usage.input_tokens if finish else None,
+            "output_tokens": finish.usage.output_tokens if finish else None,
+        }
         delay = 0.05
         while True:
             try:
                 await state.ensure_open()
-                stored = await state.store.finish_assistant_message(
-                    message_id,
-                    content="".join(outcome.text),
-                    status=outcome.status,
-                    model=finish.model if finish else None,
-                    provider=finish.provider if finish else None,
-                    stop_reason=finish.stop_reason if finish else None,
-                    input_tokens=finish.usage.input_tokens if finish else None,
-                    output_tokens=finish.usage.output_tokens if finish else None,
-                )
+                stored = await state.store.finish_assistant_message(message_id, **fields)
             except StorageError as exc:
                 state.record(not isinstance(exc, StorageUnavailable))
                 if time.monotonic() + delay > deadline:
+                    # Not stored in time: the client hears so, and the answer waits in memory
+                    # until the store is back, so that its row does not stay `pending`.
                     app[METRICS].storage_write_failures.inc()
-                    log.error("answer_not_stored", thread_id=thread_id, message_id=message_id, error=type(exc).__name__)
+                    log.error("answer_not_stored", thread_id=thread_id, message_id=message_id, error=type(exc).__name__, retrying=True)
+                    state.defer(DeferredAnswer(message_id, thread_id, fields))
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -11,11 +11,11 @@ from aiohttp import web
 if TYPE_CHECKING:
     from providers.factory import ModelRegistry
     from providers.fallback import FallbackChain
-    from service.conversations import StorageState
     from service.limits import RateLimiter
     from service.metrics import Metrics
     from service.relay import Cutoff
     from service.settings import Settings
+    from service.storage_state import StorageState
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 REGISTRY: web.AppKey[ModelRegistry] = web.AppKey("registry")
