@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import aiohttp
-import pytest
 
 from bench.soak import SERVICE_SETTINGS, Config, Soak, fetch_thread, soak
 from tests.conftest import parse_events
