@@ -15,7 +15,7 @@ from service.errors import ApiError
 from service.keys import METRICS, SETTINGS, STORAGE, THREAD_OWNER
 from service.relay import Outcome
 from service.schemas import THREAD_ID_PATTERN
-from service.storage_state import DeferredAnswer, track
+from service.storage_state import DeferredAnswer, StorageState, track
 from storage import (
     Owner,
     StorageError,
@@ -51,7 +51,7 @@ async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, 
         except asyncio.CancelledError:
             # The client left while the turn was being stored: once it is, close the answer it
             # reserved, so that no row stays `pending`.
-            storing.add_done_callback(lambda done: _close_abandoned(request.app, done))
+            storing.add_done_callback(lambda done: _close_abandoned(state, thread_id, done))
             raise
     except ThreadNotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None
@@ -62,23 +62,13 @@ async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, 
     return turn
 
 
-def _close_abandoned(app: web.Application, storing: asyncio.Future[Turn]) -> None:
+def _close_abandoned(state: StorageState, thread_id: str, storing: asyncio.Future[Turn]) -> None:
     if storing.cancelled() or storing.exception() is not None:
         return  # nothing was stored
-    store = app[STORAGE].store
-    track(
-        app,
-        store.finish_assistant_message(
-            storing.result().assistant_message_id,
-            content="",
-            status="interrupted",
-            model=None,
-            provider=None,
-            stop_reason=None,
-            input_tokens=None,
-            output_tokens=None,
-        ),
-    )
+    fields = {"content": "", "status": "interrupted", "model": None, "provider": None,
+              "stop_reason": None, "input_tokens": None, "output_tokens": None}
+    # Through the backlog, which retries until the store takes it.
+    state.defer(DeferredAnswer(storing.result().assistant_message_id, thread_id, fields))
 
 
 def replay(history: list[StoredMessage]) -> tuple[Message, ...]:

@@ -117,7 +117,7 @@ class PostgresStore:
         dsn: str,
         *,
         min_size: int = 1,
-        max_size: int = 10,
+        max_size: int = 20,
         connect_timeout: float = 5.0,
         acquire_timeout: float = 10.0,
         command_timeout: float = 30.0,
