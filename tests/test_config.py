@@ -83,14 +83,7 @@ def test_config_error_names_variable_not_value():
 
 async def test_python_m_service_serves_health_and_streams(tmp_path, fake_upstream):
     port = _free_port()
-    env = {
-        **_base_env(),
-        "PORT": str(port),
-        "ANTHROPIC_API_KEY": "sk-ant-test",
-        "ANTHROPIC_BASE_URL": fake_upstream.base_url,
-        "AI_MODELS": "anthropic/claude-primary",
-        "AI_LOG_FORMAT": "json",
-    }
+    env = service_env(fake_upstream, port)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -114,6 +107,19 @@ async def test_python_m_service_serves_health_and_streams(tmp_path, fake_upstrea
     assert stream_line["outcome"] == "done" and stream_line["model"] == "claude-primary"
     assert stream_line["output_tokens"] == 4 and stream_line["ttft_ms"] is not None
     assert "sk-ant-test" not in stderr.decode()
+
+
+def service_env(fake_upstream, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a real `python -m service` in front of the fake upstream."""
+    return {
+        **_base_env(),
+        "PORT": str(port),
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": fake_upstream.base_url,
+        "AI_MODELS": "anthropic/claude-primary",
+        "AI_LOG_FORMAT": "json",
+        **settings,
+    }
 
 
 def _base_env() -> dict[str, str]:

@@ -14,23 +14,20 @@ import aiohttp
 
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
-from tests.test_config import _base_env, _free_port, _wait_for_health
+from tests.test_config import _free_port, _wait_for_health, service_env
 
 
 async def test_sigterm_drains_then_ends_streams(tmp_path, fake_upstream):
     port = _free_port()
     db = tmp_path / "shutdown.db"
-    env = {
-        **_base_env(),
-        "PORT": str(port),
-        "ANTHROPIC_API_KEY": "sk-ant-test",
-        "ANTHROPIC_BASE_URL": fake_upstream.base_url,
-        "AI_MODELS": "anthropic/claude-quick,anthropic/claude-stuck",
-        "AI_SHUTDOWN_GRACE": "1",
-        "AI_IDLE_TIMEOUT": "60",
-        "DATABASE_URL": f"sqlite:///{db}",
-        "AI_LOG_FORMAT": "json",
-    }
+    env = service_env(
+        fake_upstream,
+        port,
+        AI_MODELS="anthropic/claude-quick,anthropic/claude-stuck",
+        AI_SHUTDOWN_GRACE="1",
+        AI_IDLE_TIMEOUT="60",
+        DATABASE_URL=f"sqlite:///{db}",
+    )
     fake_upstream.script("claude-quick", Scenario(tokens=["a", "b", "c", "d", "e"], token_delay=0.1))
     fake_upstream.script("claude-stuck", Scenario(kind="stall", after_tokens=1))
     proc = await asyncio.create_subprocess_exec(

@@ -11,22 +11,18 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import parse_events
-from tests.test_config import _base_env, _free_port, _wait_for_health
+from tests.test_config import _base_env, _free_port, _wait_for_health, service_env
 
 
 async def test_two_workers_share_a_port_and_their_metrics(tmp_path, fake_upstream):
     port = _free_port()
-    env = {
-        **_base_env(),
-        "PORT": str(port),
-        "ANTHROPIC_API_KEY": "sk-ant-test",
-        "ANTHROPIC_BASE_URL": fake_upstream.base_url,
-        "AI_MODELS": "anthropic/claude-primary",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
-        "AI_LOG_FORMAT": "json",
-        "AI_SHUTDOWN_GRACE": "1",
-        "AI_MAX_CONCURRENT_STREAMS": "0",  # one test client opens 60 at once
-    }
+    env = service_env(
+        fake_upstream,
+        port,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'w.db'}",
+        AI_SHUTDOWN_GRACE="1",
+        AI_MAX_CONCURRENT_STREAMS="0",  # one test client opens 60 at once
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", "--workers", "2", env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
