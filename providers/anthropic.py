@@ -12,17 +12,15 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
-import httpx2
 
 from providers.base import (
     Finish,
     ModelRequest,
-    ProviderError,
     StreamEvent,
     TextDelta,
     Usage,
 )
-from providers.errors import error_for_status, interrupted, malformed, stream_error
+from providers.errors import interrupted, stream_error, upstream_errors
 from providers.sse import SSEDecoder
 from providers.transport import UPSTREAM_LIMITS
 
@@ -65,7 +63,14 @@ class AnthropicModel:
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         model = self.model
-        try:
+        errors = upstream_errors(
+            PROVIDER,
+            self.model,
+            status_error=anthropic.APIStatusError,
+            timeout_error=anthropic.APITimeoutError,
+            connection_error=anthropic.APIConnectionError,
+        )
+        with errors:
             async with self.client.messages.with_streaming_response.create(**self._params(request)) as response:
                 decoder = SSEDecoder()
                 input_tokens = output_tokens = 0
@@ -97,18 +102,6 @@ class AnthropicModel:
                             error = event.get("error") or {}
                             raise stream_error(str(error.get("type")), provider=PROVIDER, model=self.model)
                         # ping, content_block_start/stop and future event types need nothing.
-        except ProviderError:
-            raise
-        except anthropic.APIStatusError as exc:
-            raise error_for_status(
-                exc.status_code, provider=PROVIDER, model=self.model, headers=exc.response.headers
-            ) from exc
-        except (anthropic.APITimeoutError, httpx2.TimeoutException) as exc:
-            raise interrupted(PROVIDER, self.model, timed_out=True) from exc
-        except (anthropic.APIConnectionError, httpx2.TransportError) as exc:
-            raise interrupted(PROVIDER, self.model) from exc
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise malformed(PROVIDER, self.model) from exc
         if finish is None:
             raise interrupted(PROVIDER, self.model)  # the body ended before `message_stop`
         yield finish

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import httpx2
 
 from providers.base import ErrorCode, ProviderError
 
@@ -32,6 +35,32 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+@contextmanager
+def upstream_errors(
+    provider: str,
+    model: str,
+    *,
+    status_error: type[Exception],
+    timeout_error: type[Exception],
+    connection_error: type[Exception],
+) -> Iterator[None]:
+    """Map what a vendor's SDK (given its exception classes) or its HTTP library raises while
+    a request streams to one `ProviderError`."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except status_error as exc:
+        response = exc.response  # type: ignore[attr-defined]
+        raise error_for_status(response.status_code, provider=provider, model=model, headers=response.headers) from exc
+    except (timeout_error, httpx2.TimeoutException) as exc:
+        raise interrupted(provider, model, timed_out=True) from exc
+    except (connection_error, httpx2.TransportError) as exc:
+        raise interrupted(provider, model) from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise malformed(provider, model) from exc
 
 
 def error_for_status(

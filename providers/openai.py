@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx2
 import openai
 
 from providers.base import (
@@ -20,7 +19,7 @@ from providers.base import (
     TextDelta,
     Usage,
 )
-from providers.errors import error_for_status, interrupted, malformed
+from providers.errors import interrupted, upstream_errors
 from providers.sse import SSEDecoder
 from providers.transport import UPSTREAM_LIMITS
 
@@ -67,7 +66,14 @@ class OpenAIModel:
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         model = self.model
-        try:
+        errors = upstream_errors(
+            PROVIDER,
+            self.model,
+            status_error=openai.APIStatusError,
+            timeout_error=openai.APITimeoutError,
+            connection_error=openai.APIConnectionError,
+        )
+        with errors:
             async with self.client.chat.completions.with_streaming_response.create(**self._params(request)) as response:
                 decoder = SSEDecoder()
                 usage = Usage()
@@ -92,18 +98,6 @@ class OpenAIModel:
                         if "error" in event:
                             raise _stream_error(self.model)
                         model = event.get("model") or model
-        except ProviderError:
-            raise
-        except openai.APIStatusError as exc:
-            raise error_for_status(
-                exc.status_code, provider=PROVIDER, model=self.model, headers=exc.response.headers
-            ) from exc
-        except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
-            raise interrupted(PROVIDER, self.model, timed_out=True) from exc
-        except (openai.APIConnectionError, httpx2.TransportError) as exc:
-            raise interrupted(PROVIDER, self.model) from exc
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise malformed(PROVIDER, self.model) from exc
         # Some compatible servers end the body after the finish reason without `[DONE]`.
         if not done and stop_reason is None:
             raise interrupted(PROVIDER, self.model)
