@@ -20,9 +20,9 @@ from providers.base import (
     TextDelta,
     Usage,
 )
-from providers.errors import interrupted, stream_error, upstream_errors
+from providers.errors import UpstreamErrors, interrupted, stream_error
 from providers.sse import SSEDecoder
-from providers.transport import UPSTREAM_LIMITS
+from providers.transport import UPSTREAM_LIMITS, without_telemetry
 
 PROVIDER = "anthropic"
 
@@ -38,6 +38,7 @@ def create_client(
         base_url=base_url,
         max_retries=0,
         timeout=timeout,
+        default_headers=without_telemetry(anthropic.omit),  # type: ignore[arg-type]
         http_client=anthropic.DefaultAioHttpClient(timeout=timeout, limits=UPSTREAM_LIMITS),
     )
 
@@ -47,6 +48,13 @@ class AnthropicModel:
         self.client = client
         self.model = model
         self.name = f"{PROVIDER}/{model}"
+        self.errors = UpstreamErrors(
+            PROVIDER,
+            model,
+            status_error=anthropic.APIStatusError,
+            timeout_error=anthropic.APITimeoutError,
+            connection_error=anthropic.APIConnectionError,
+        )
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -62,49 +70,68 @@ class AnthropicModel:
         return params
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
-        model = self.model
-        errors = upstream_errors(
-            PROVIDER,
-            self.model,
-            status_error=anthropic.APIStatusError,
-            timeout_error=anthropic.APITimeoutError,
-            connection_error=anthropic.APIConnectionError,
-        )
-        with errors:
+        with self.errors:
             async with self.client.messages.with_streaming_response.create(**self._params(request)) as response:
-                decoder = SSEDecoder()
-                input_tokens = output_tokens = 0
-                stop_reason: str | None = None
-                finish: Finish | None = None
+                events = _MessageEvents(self.model)
                 async for chunk in response.iter_bytes():
-                    if finish is not None:
-                        continue  # read the body to its end so the connection goes back to the pool
-                    for data in decoder.feed(chunk):
-                        event = json.loads(data)
-                        kind = event["type"]
-                        if kind == "content_block_delta":
-                            delta = event["delta"]
-                            if delta["type"] == "text_delta" and delta["text"]:
-                                yield TextDelta(delta["text"])
-                        elif kind == "message_start":
-                            message = event["message"]
-                            model = message.get("model") or model
-                            input_tokens = _input_tokens(message.get("usage") or {})
-                        elif kind == "message_delta":
-                            stop_reason = event["delta"].get("stop_reason") or stop_reason
-                            usage = event.get("usage") or {}
-                            output_tokens = usage.get("output_tokens", output_tokens)
-                            input_tokens = _input_tokens(usage) or input_tokens
-                        elif kind == "message_stop":
-                            finish = Finish(model, PROVIDER, stop_reason, Usage(input_tokens, output_tokens))
-                            break
-                        elif kind == "error":
-                            error = event.get("error") or {}
-                            raise stream_error(str(error.get("type")), provider=PROVIDER, model=self.model)
-                        # ping, content_block_start/stop and future event types need nothing.
-        if finish is None:
+                    if events.finish is None:  # else read the body to its end: the connection is reused
+                        for text in events.feed(chunk):
+                            yield text
+                        if events.error is not None:
+                            raise events.error
+        if events.finish is None:
             raise interrupted(PROVIDER, self.model)  # the body ended before `message_stop`
-        yield finish
+        yield events.finish
+
+
+class _MessageEvents:
+    """One Messages event stream, decoded: text pieces out, the rest kept for `Finish`.
+
+    Decoding happens here rather than in the generator so that no parsed event outlives the
+    chunk it came in: an idle stream keeps only these few fields.
+    """
+
+    __slots__ = ("sse", "requested", "model", "input_tokens", "output_tokens", "stop_reason", "finish", "error")
+
+    def __init__(self, model: str) -> None:
+        self.sse = SSEDecoder()
+        self.requested = self.model = model
+        self.input_tokens = self.output_tokens = 0
+        self.stop_reason: str | None = None
+        self.finish: Finish | None = None
+        self.error: Exception | None = None  # raised after the text that came before it
+
+    def feed(self, chunk: bytes) -> list[TextDelta]:
+        texts: list[TextDelta] = []
+        try:
+            for data in self.sse.feed(chunk):
+                event = json.loads(data)
+                kind = event["type"]
+                if kind == "content_block_delta":
+                    delta = event["delta"]
+                    if delta["type"] == "text_delta" and delta["text"]:
+                        texts.append(TextDelta(delta["text"]))
+                elif kind == "message_start":
+                    message = event["message"]
+                    self.model = message.get("model") or self.model
+                    self.input_tokens = _input_tokens(message.get("usage") or {})
+                elif kind == "message_delta":
+                    self.stop_reason = event["delta"].get("stop_reason") or self.stop_reason
+                    usage = event.get("usage") or {}
+                    self.output_tokens = usage.get("output_tokens", self.output_tokens)
+                    self.input_tokens = _input_tokens(usage) or self.input_tokens
+                elif kind == "message_stop":
+                    usage = Usage(self.input_tokens, self.output_tokens)
+                    self.finish = Finish(self.model, PROVIDER, self.stop_reason, usage)
+                    break
+                elif kind == "error":
+                    error = event.get("error") or {}
+                    self.error = stream_error(str(error.get("type")), provider=PROVIDER, model=self.requested)
+                    break
+                # ping, content_block_start/stop and future event types need nothing.
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.error = exc  # unreadable: mapped by `UpstreamErrors`, after the text before it
+        return texts
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import httpx2
 
@@ -37,30 +36,53 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-@contextmanager
-def upstream_errors(
-    provider: str,
-    model: str,
-    *,
-    status_error: type[Exception],
-    timeout_error: type[Exception],
-    connection_error: type[Exception],
-) -> Iterator[None]:
-    """Map what a vendor's SDK (given its exception classes) or its HTTP library raises while
-    a request streams to one `ProviderError`."""
-    try:
-        yield
-    except ProviderError:
-        raise
-    except status_error as exc:
-        response = exc.response  # type: ignore[attr-defined]
-        raise error_for_status(response.status_code, provider=provider, model=model, headers=response.headers) from exc
-    except (timeout_error, httpx2.TimeoutException) as exc:
-        raise interrupted(provider, model, timed_out=True) from exc
-    except (connection_error, httpx2.TransportError) as exc:
-        raise interrupted(provider, model) from exc
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise malformed(provider, model) from exc
+class UpstreamErrors:
+    """`with errors:` maps what a vendor's SDK (given its exception classes) or its HTTP library
+    raises while a request streams to one `ProviderError`.
+
+    It keeps no state between entering and leaving, so one instance serves every stream of a
+    model at once: nothing is allocated per request.
+    """
+
+    __slots__ = ("provider", "model", "status_error", "timeout_error", "connection_error")
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        *,
+        status_error: type[Exception],
+        timeout_error: type[Exception],
+        connection_error: type[Exception],
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.status_error = status_error
+        self.timeout_error = (timeout_error, httpx2.TimeoutException)
+        self.connection_error = (connection_error, httpx2.TransportError)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None or isinstance(exc, ProviderError):
+            return
+        error = self.error_for(exc)
+        if error is not None:  # else not ours to map (cancellation, or a bug): it goes on as it is
+            raise error from exc
+
+    def error_for(self, exc: BaseException) -> ProviderError | None:
+        provider, model = self.provider, self.model
+        if isinstance(exc, self.status_error):
+            response = exc.response  # type: ignore[attr-defined]
+            return error_for_status(response.status_code, provider=provider, model=model, headers=response.headers)
+        if isinstance(exc, self.timeout_error):
+            return interrupted(provider, model, timed_out=True)
+        if isinstance(exc, self.connection_error):
+            return interrupted(provider, model)
+        if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError)):
+            return malformed(provider, model)
+        return None
 
 
 def error_for_status(

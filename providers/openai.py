@@ -19,13 +19,17 @@ from providers.base import (
     TextDelta,
     Usage,
 )
-from providers.errors import interrupted, upstream_errors
+from providers.errors import UpstreamErrors, interrupted
 from providers.sse import SSEDecoder
-from providers.transport import UPSTREAM_LIMITS
+from providers.transport import UPSTREAM_LIMITS, without_telemetry
 
 PROVIDER = "openai"
 
 # Stop reasons in the vocabulary the `done` event uses for every provider.
+# This SDK adds its retry count and read timeout after the client's headers unless the request
+# itself removes them.
+_REQUEST_HEADERS = {"x-stainless-retry-count": openai.omit, "x-stainless-read-timeout": openai.omit}
+
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
@@ -38,6 +42,7 @@ def create_client(
         base_url=base_url,
         max_retries=0,
         timeout=timeout,
+        default_headers=without_telemetry(openai.omit),  # type: ignore[arg-type]
         http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=UPSTREAM_LIMITS),
     )
 
@@ -47,6 +52,13 @@ class OpenAIModel:
         self.client = client
         self.model = model
         self.name = f"{PROVIDER}/{model}"
+        self.errors = UpstreamErrors(
+            PROVIDER,
+            model,
+            status_error=openai.APIStatusError,
+            timeout_error=openai.APITimeoutError,
+            connection_error=openai.APIConnectionError,
+        )
         # OpenAI's own newer models want `max_completion_tokens`; compatible servers know `max_tokens`.
         self.max_tokens_field = max_tokens_field
 
@@ -59,49 +71,65 @@ class OpenAIModel:
             "stream": True,
             "stream_options": {"include_usage": True},
             self.max_tokens_field: request.max_tokens,
+            "extra_headers": _REQUEST_HEADERS,
         }
         if request.temperature is not None:
             params["temperature"] = request.temperature
         return params
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
-        model = self.model
-        errors = upstream_errors(
-            PROVIDER,
-            self.model,
-            status_error=openai.APIStatusError,
-            timeout_error=openai.APITimeoutError,
-            connection_error=openai.APIConnectionError,
-        )
-        with errors:
+        with self.errors:
             async with self.client.chat.completions.with_streaming_response.create(**self._params(request)) as response:
-                decoder = SSEDecoder()
-                usage = Usage()
-                stop_reason: str | None = None
-                done = False
+                chunks = _CompletionChunks(self.model)
                 async for chunk in response.iter_bytes():
-                    if done:
-                        continue  # read the body to its end so the connection goes back to the pool
-                    for data in decoder.feed(chunk):
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        event = json.loads(data)
-                        for choice in event.get("choices") or ():
-                            content = (choice.get("delta") or {}).get("content")
-                            if content:
-                                yield TextDelta(content)
-                            if reason := choice.get("finish_reason"):
-                                stop_reason = STOP_REASONS.get(reason, reason)
-                        if counts := event.get("usage"):
-                            usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
-                        if "error" in event:
-                            raise _stream_error(self.model)
-                        model = event.get("model") or model
+                    if not chunks.done:  # else read the body to its end: the connection is reused
+                        for text in chunks.feed(chunk):
+                            yield text
+                        if chunks.error is not None:
+                            raise chunks.error
         # Some compatible servers end the body after the finish reason without `[DONE]`.
-        if not done and stop_reason is None:
+        if not chunks.done and chunks.stop_reason is None:
             raise interrupted(PROVIDER, self.model)
-        yield Finish(model, PROVIDER, stop_reason, usage)
+        yield Finish(chunks.model, PROVIDER, chunks.stop_reason, chunks.usage)
+
+
+class _CompletionChunks:
+    """One chunk stream, decoded: text pieces out, the rest kept for `Finish` (as for Anthropic,
+    no parsed chunk outlives the bytes it came in)."""
+
+    __slots__ = ("sse", "requested", "model", "usage", "stop_reason", "done", "error")
+
+    def __init__(self, model: str) -> None:
+        self.sse = SSEDecoder()
+        self.requested = self.model = model
+        self.usage = Usage()
+        self.stop_reason: str | None = None
+        self.done = False
+        self.error: Exception | None = None  # raised after the text that came before it
+
+    def feed(self, chunk: bytes) -> list[TextDelta]:
+        texts: list[TextDelta] = []
+        try:
+            for data in self.sse.feed(chunk):
+                if data == b"[DONE]":
+                    self.done = True
+                    break
+                event = json.loads(data)
+                for choice in event.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        texts.append(TextDelta(content))
+                    if reason := choice.get("finish_reason"):
+                        self.stop_reason = STOP_REASONS.get(reason, reason)
+                if counts := event.get("usage"):
+                    self.usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
+                if "error" in event:
+                    self.error = _stream_error(self.requested)
+                    break
+                self.model = event.get("model") or self.model
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.error = exc  # unreadable: mapped by `UpstreamErrors`, after the text before it
+        return texts
 
 
 def _stream_error(model: str) -> ProviderError:

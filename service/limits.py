@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -86,9 +84,11 @@ class RateLimiter:
             raise _too_many(f"Too many requests; the limit (AI_RATE_LIMIT_RPM) is {self.rpm} a minute.", wait)
         client.tokens -= 1
 
-    @contextmanager
-    def stream(self, name: str) -> Iterator[None]:
-        """Hold one open-stream slot for the length of an answer."""
+    def stream(self, name: str) -> StreamSlot:
+        """`with limiter.stream(name):` holds one open-stream slot for the length of an answer."""
+        return StreamSlot(self, name)
+
+    def _take_slot(self, name: str) -> _Client:
         client = self._client(name, time.monotonic())
         if self.total_streams and self.open_streams >= self.total_streams:
             raise _too_many("The service is at its limit of open streams (AI_MAX_TOTAL_STREAMS); retry shortly.", 1)
@@ -98,15 +98,35 @@ class RateLimiter:
             )
         client.streams += 1
         self.open_streams += 1
-        try:
-            yield
-        finally:
-            client.streams -= 1
-            self.open_streams -= 1
+        return client
+
+    def _give_back(self, client: _Client) -> None:
+        client.streams -= 1
+        self.open_streams -= 1
 
     @property
     def clients(self) -> int:
         return len(self._clients)
+
+
+class StreamSlot:
+    """One open-stream slot, taken on entering and given back on leaving (a class rather than a
+    generator-based context manager: it is held by every open stream, so it is kept small)."""
+
+    __slots__ = ("_client", "_limiter", "_name")
+
+    def __init__(self, limiter: RateLimiter, name: str) -> None:
+        self._limiter = limiter
+        self._name = name
+        self._client: _Client | None = None
+
+    def __enter__(self) -> None:
+        self._client = self._limiter._take_slot(self._name)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            self._limiter._give_back(self._client)
+            self._client = None
 
 
 def _too_many(message: str, retry_after: int) -> ApiError:

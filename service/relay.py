@@ -81,7 +81,7 @@ async def _consume_until(
         outcome.error = cutoff.error()
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What happened to one answer: for the log line, and for storage."""
 

@@ -197,6 +197,20 @@ async def test_upstream_receives_the_configured_key_and_no_sdk_retries(client, f
     assert fake_upstream.requests_for("gpt-fallback") == []
 
 
+async def test_upstream_requests_carry_no_sdk_telemetry(client, fake_upstream):
+    for model in ("claude-primary", "gpt-fallback"):
+        resp = await client.post("/ai/stream/generate", json={"prompt": "x", "model": model})
+        assert parse_events(await resp.read())[-1]["type"] == "done"
+    (anthropic_request,) = fake_upstream.requests_for("claude-primary")
+    (openai_request,) = fake_upstream.requests_for("gpt-fallback")
+    for recorded in (anthropic_request, openai_request):
+        sent = set(recorded.headers)
+        # Only the header the SDK itself reads back stays of its `x-stainless-*` family.
+        assert {name for name in sent if name.startswith("x-stainless-")} <= {"x-stainless-raw-response"}, sent
+        assert "authorization" in sent and recorded.headers["content-type"] == "application/json"
+    assert "anthropic-version" in anthropic_request.headers
+
+
 async def test_upstream_connections_are_reused(client, fake_upstream):
     # The body ends a little after the last event, as it may behind a real proxy.
     for model in ("claude-primary", "gpt-fallback"):
