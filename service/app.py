@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
@@ -14,10 +14,10 @@ from providers.fallback import FallbackChain
 from service.conversations import add_thread_routes
 from service.errors import add_request_id, request_middleware
 from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS
-from service.limits import RateLimiter, client_of
+from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.routes import add_routes
-from service.security import auth_middleware, is_protected, setup_cors
+from service.security import access_middleware, setup_cors
 from service.settings import Settings
 from service.storage_state import storage_context
 
@@ -27,7 +27,7 @@ log = structlog.get_logger("ai_stream")
 def create_app(settings: Settings) -> web.Application:
     # The body limit is enforced (with a JSON 413) by the handlers; aiohttp's own cap sits just above it.
     app = web.Application(
-        middlewares=[request_middleware, auth_middleware(settings), rate_limit_middleware],
+        middlewares=[request_middleware, access_middleware(settings)],
         client_max_size=settings.max_body_bytes + 1,
     )
     app[SETTINGS] = settings
@@ -81,12 +81,3 @@ async def _drain(app: web.Application) -> None:
     while in_flight and loop.time() < until + 5:
         await asyncio.sleep(0.01)
 
-
-@web.middleware
-async def rate_limit_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Requests per minute, per client, on the `/ai/...` routes (after authentication)."""
-    if is_protected(request.path) and request.method != "OPTIONS":
-        request.app[LIMITER].admit(client_of(request))
-    return await handler(request)

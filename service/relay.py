@@ -63,24 +63,6 @@ class Cutoff:
         return ProviderError("timeout", TIMEOUT_MESSAGE, retryable=True)
 
 
-async def _consume_until(
-    cutoff: Cutoff,
-    deadline: float,
-    provider: Provider,
-    model_request: ModelRequest,
-    outcome: Outcome,
-    on_text: Callable[[str], Awaitable[None]] | None,
-) -> None:
-    """`_consume` within the deadline; failures end up in `outcome.error`."""
-    try:
-        async with asyncio.timeout(deadline) as cutoff.timeout:
-            await _consume(provider, model_request, outcome, on_text)
-    except ProviderError as exc:
-        outcome.error = exc
-    except TimeoutError:
-        outcome.error = cutoff.error()
-
-
 @dataclass(slots=True)
 class Outcome:
     """What happened to one answer: for the log line, and for storage."""
@@ -126,26 +108,34 @@ def error_payload(code: str, message: str) -> dict[str, Any]:
 
 
 async def _consume(
+    cutoff: Cutoff,
+    deadline: float,
     provider: Provider,
     model_request: ModelRequest,
     outcome: Outcome,
     on_text: Callable[[str], Awaitable[None]] | None,
 ) -> None:
-    """Read the provider's events into `outcome`, handing each text piece to `on_text`."""
+    """Read the provider's events into `outcome` within the deadline, handing each text piece to
+    `on_text`; failures end up in `outcome.error`."""
     started = time.perf_counter()
     text = outcome.text
-    async with aclosing(provider.stream(model_request)) as events:
-        async for event in events:
-            if type(event) is TextDelta:
-                if not text:
-                    outcome.first_token_ms = round((time.perf_counter() - started) * 1000, 1)
-                text.append(event.text)
-                if on_text is not None:
-                    await on_text(event.text)
-            elif type(event) is Finish:
-                outcome.finish = event
-            elif type(event) is AttemptFailed:
-                outcome.attempts.append(event)
+    try:
+        async with asyncio.timeout(deadline) as cutoff.timeout, aclosing(provider.stream(model_request)) as events:
+            async for event in events:
+                if type(event) is TextDelta:
+                    if not text:
+                        outcome.first_token_ms = round((time.perf_counter() - started) * 1000, 1)
+                    text.append(event.text)
+                    if on_text is not None:
+                        await on_text(event.text)
+                elif type(event) is Finish:
+                    outcome.finish = event
+                elif type(event) is AttemptFailed:
+                    outcome.attempts.append(event)
+    except ProviderError as exc:
+        outcome.error = exc
+    except TimeoutError:
+        outcome.error = cutoff.error()
 
 
 async def stream_answer(
@@ -181,7 +171,7 @@ async def stream_answer(
     in_flight.add(cutoff)
     try:
         await response.prepare(request)
-        await _consume_until(cutoff, deadline, provider, model_request, outcome, send_text)
+        await _consume(cutoff, deadline, provider, model_request, outcome, send_text)
         if outcome.finish is not None:
             payload = done_payload(outcome.finish)
             payload.update(await end())
@@ -220,7 +210,7 @@ async def collect_answer(
     cutoff = Cutoff()
     in_flight.add(cutoff)
     try:
-        await _consume_until(cutoff, deadline, provider, model_request, outcome, None)
+        await _consume(cutoff, deadline, provider, model_request, outcome, None)
     except asyncio.CancelledError:
         outcome.client_gone = True
         if on_end is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,20 @@ def _require_models(request: web.Request) -> None:
         raise ApiError(503, "no_models_available", "No model is configured with credentials.")
 
 
+# The handlers turn the body into a `ModelRequest` in plain functions, so that neither the parsed
+# JSON nor the validated body stays referenced while the answer streams.
+
+
 async def generate(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    body = validate(GenerateBody, await read_json(request, settings.max_body_bytes), settings)
+    provider, model_request, stream = _generate_request(request, await read_json(request, settings.max_body_bytes))
+    with request.app[LIMITER].stream(client_of(request)):
+        return await _answer(request, provider, model_request, stream)
+
+
+def _generate_request(request: web.Request, data: dict[str, Any]) -> tuple[Provider, ModelRequest, bool]:
+    settings = request.app[SETTINGS]
+    body = validate(GenerateBody, data, settings)
     check_input(settings, 1, len(body.prompt) + len(body.system_prompt or ""))
     provider = _chain_for(request, body.model)
     _require_models(request)
@@ -109,14 +121,31 @@ async def generate(request: web.Request) -> web.StreamResponse:
         system=_system_prompt(request, body.system_prompt, body.timezone),
         temperature=body.temperature,
     )
-    with request.app[LIMITER].stream(client_of(request)):
-        return await _answer(request, provider, model_request, body.stream)
+    return provider, model_request, body.stream
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     started = time.monotonic()
-    body = validate(ChatBody, await read_json(request, settings.max_body_bytes), settings)
+    provider, model_request, thread, stream = _chat_request(request, await read_json(request, settings.max_body_bytes))
+    with request.app[LIMITER].stream(client_of(request)):
+        on_end = None
+        if thread is not None:
+            thread_id, user_id = thread
+            request_log(request)["thread_id"] = thread_id
+            turn = await begin_turn(request, thread_id, user_id, model_request.messages)
+            model_request = replace(model_request, messages=replay(turn.history) + model_request.messages)
+            on_end = store_answer(request, thread_id, turn.assistant_message_id, started + settings.request_timeout)
+        return await _answer(request, provider, model_request, stream, on_end)
+
+
+def _chat_request(
+    request: web.Request, data: dict[str, Any]
+) -> tuple[Provider, ModelRequest, tuple[str, str | None] | None, bool]:
+    """The chain, the request for it (without stored history), the thread (id, user) if any, and
+    whether to stream."""
+    settings = request.app[SETTINGS]
+    body = validate(ChatBody, data, settings)
     check_input(settings, len(body.messages), sum(len(m.content) for m in body.messages) + len(body.system or ""))
     provider = _chain_for(request, body.model)
     _require_models(request)
@@ -126,20 +155,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
     messages = tuple(Message(m.role, m.content) for m in body.messages if m.role != "system")
     if not messages:
         raise invalid([{"field": "messages", "message": "messages must hold at least one user or assistant message"}])
-    with request.app[LIMITER].stream(client_of(request)):
-        on_end = None
-        if body.thread_id is not None:
-            request_log(request)["thread_id"] = body.thread_id
-            turn = await begin_turn(request, body.thread_id, body.user_id, messages)
-            messages = replay(turn.history) + messages
-            on_end = store_answer(request, body.thread_id, turn.assistant_message_id, started + settings.request_timeout)
-        model_request = ModelRequest(
-            messages=messages,
-            max_tokens=body.max_tokens or settings.default_max_tokens,
-            system=_system_prompt(request, "\n\n".join(system_parts), body.timezone),
-            temperature=body.temperature,
-        )
-        return await _answer(request, provider, model_request, body.stream, on_end)
+    model_request = ModelRequest(
+        messages=messages,
+        max_tokens=body.max_tokens or settings.default_max_tokens,
+        system=_system_prompt(request, "\n\n".join(system_parts), body.timezone),
+        temperature=body.temperature,
+    )
+    thread = (body.thread_id, body.user_id) if body.thread_id is not None else None
+    return provider, model_request, thread, body.stream
 
 
 async def health(request: web.Request) -> web.Response:

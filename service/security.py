@@ -1,4 +1,5 @@
-"""Who may call: bearer keys on every `/ai/...` route, and CORS for browsers."""
+"""Who may call, and how often: bearer keys and the per-minute limit on every `/ai/...` route,
+and CORS for browsers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import aiohttp_cors
 from aiohttp import web
 
 from service.errors import ApiError
-from service.keys import THREAD_OWNER
+from service.keys import LIMITER, THREAD_OWNER
+from service.limits import client_of
 from service.settings import ApiKey, Settings
 
 PROTECTED_PREFIX = "/ai/"
@@ -37,32 +39,42 @@ def find_key(digests: list[tuple[bytes, ApiKey]], presented: str) -> ApiKey | No
     return found
 
 
-def auth_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
+def access_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Authentication, then the requests-per-minute limit of the client it names (one middleware:
+    its frame lives as long as each stream does)."""
     keys = [(_digest(key.key), key) for key in settings.api_keys]
     metrics_public = settings.metrics_public
 
     @web.middleware
-    async def authenticate(
+    async def access(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        # No keys configured: open (only allowed on loopback or with AI_ALLOW_UNAUTHENTICATED).
         # CORS preflights carry no credentials by design; /health and /openapi.yaml stay open.
-        protected = is_protected(request.path) or (request.path == "/metrics" and not metrics_public)
-        if not keys or request.method == "OPTIONS" or not protected:
+        if request.method == "OPTIONS":
             return await handler(request)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        key = find_key(keys, token.strip()) if scheme.lower() == "bearer" else None
-        if key is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "A valid API key is required: send Authorization: Bearer <key>.",
-                headers={"WWW-Authenticate": 'Bearer realm="ai-stream"'},
-            )
-        request[THREAD_OWNER] = key.name
+        path = request.path
+        api = is_protected(path)
+        # No keys configured: open (only allowed on loopback or with AI_ALLOW_UNAUTHENTICATED).
+        if keys and (api or (path == "/metrics" and not metrics_public)):
+            request[THREAD_OWNER] = _key_name(keys, request)
+        if api:
+            request.app[LIMITER].admit(client_of(request))
         return await handler(request)
 
-    return authenticate
+    return access
+
+
+def _key_name(keys: list[tuple[bytes, ApiKey]], request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    key = find_key(keys, token.strip()) if scheme.lower() == "bearer" else None
+    if key is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "A valid API key is required: send Authorization: Bearer <key>.",
+            headers={"WWW-Authenticate": 'Bearer realm="ai-stream"'},
+        )
+    return key.name
 
 
 def setup_cors(app: web.Application, origins: list[str]) -> None:
