@@ -40,6 +40,8 @@ class Config:
     compare_concurrency: int = 100
     compare_requests: int = 1000
     phase_time_limit: float = 90.0
+    python: str | None = None  # interpreter of the service and the baseline (None: this one)
+    pin: bool = True  # the measured server on a CPU of its own (see `bench.procs.Placement`)
 
     @classmethod
     def quick(cls) -> Config:

@@ -45,6 +45,36 @@ def die_with_parent() -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the measured server runs on, and which the rest (fake upstream, load generator).
+
+    A server with a core of its own does the same work in the same pieces from run to run; one
+    that competes with the load for two cores reads bigger or smaller batches of upstream events
+    depending on who got scheduled, and its CPU per token wanders by a fifth."""
+
+    server: frozenset[int]
+    rest: frozenset[int]
+
+    @classmethod
+    def split(cls) -> Placement | None:
+        """The first CPU for the server, the others for the rest; None with fewer than two."""
+        cpus = sorted(ALL_CPUS)
+        if len(cpus) < 2:
+            return None
+        return cls(frozenset(cpus[:1]), frozenset(cpus[1:]))
+
+    def describe(self) -> str:
+        return f"server on CPU {_cpus(self.server)}, fake upstream and load generator on CPU {_cpus(self.rest)}"
+
+
+def _cpus(cpus: frozenset[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
 class ServerFailed(RuntimeError):
     """A server process exited or never became healthy."""
 
@@ -107,14 +137,29 @@ class Server:
 class Processes:
     """Owns every process the benchmark starts; `close()` stops them all."""
 
-    def __init__(self, tmpdir: Path) -> None:
+    def __init__(self, tmpdir: Path, server_python: str | None = None, placement: Placement | None = None) -> None:
         self.tmpdir = tmpdir
+        # The interpreter of the measured servers (service and baseline); others use this one.
+        self.server_python = server_python or sys.executable
+        self.placement = placement
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(
-        self, name: str, args: list[str], env: dict[str, str] | None = None, stdout_pipe: bool = False
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        stdout_pipe: bool = False,
+        python: str | None = None,
+        cpus: frozenset[int] = ALL_CPUS,
     ) -> tuple[subprocess.Popen[bytes], Path]:
-        """Start `python *args` from the repository root, in a new session, output to a log file."""
+        """Start `python *args` from the repository root, in a new session, output to a log file,
+        on `cpus` (and its children with it)."""
+
+        def preexec() -> None:
+            die_with_parent()
+            os.sched_setaffinity(0, cpus)
+
         log_path = self.tmpdir / f"{name}-{len(self._procs)}.log"
         # The service reads its settings from the environment: only the benchmark's own apply.
         inherited = {
@@ -124,14 +169,14 @@ class Processes:
         }
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, *args],
+                [python or sys.executable, *args],
                 cwd=ROOT,
                 env={**inherited, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if stdout_pipe else log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - this process starts no threads
+                preexec_fn=preexec,  # noqa: PLW1509 - this process starts no threads
             )
         self._procs.append(proc)
         return proc, log_path
@@ -214,7 +259,8 @@ def start_upstream(
         "--max-seconds",
         str(max_seconds),
     ]
-    proc, _ = procs.spawn("upstream", args, stdout_pipe=True)
+    cpus = procs.placement.rest if procs.placement else ALL_CPUS
+    proc, _ = procs.spawn("upstream", args, stdout_pipe=True, cpus=cpus)
     return proc, read_first_line(proc, timeout=30)
 
 
@@ -240,13 +286,17 @@ def service_env(upstream_url: str, port: int, tmpdir: Path) -> dict[str, str]:
 
 
 async def start_server(procs: Processes, kind: str, upstream_url: str, port: int, workers: int | None = None) -> Server:
-    """Start the service (`kind="service"`) or the bare baseline and wait for its /health."""
+    """Start the service (`kind="service"`) or the bare baseline and wait for its /health.
+    One process gets the placement's server CPU; several workers get every CPU."""
+    placement = procs.placement
+    cpus = placement.server if placement and not (workers and workers > 1) else ALL_CPUS
     if kind == "service":
         args = ["-m", "service"] + (["--workers", str(workers)] if workers else [])
-        proc, log_path = procs.spawn("service", args, env=service_env(upstream_url, port, procs.tmpdir))
+        env = service_env(upstream_url, port, procs.tmpdir)
+        proc, log_path = procs.spawn("service", args, env=env, python=procs.server_python, cpus=cpus)
     else:
         args = ["-m", "bench.baseline", "--port", str(port), "--upstream", upstream_url]
-        proc, log_path = procs.spawn("baseline", args)
+        proc, log_path = procs.spawn("baseline", args, python=procs.server_python, cpus=cpus)
     server = Server(kind, proc, f"http://127.0.0.1:{port}", log_path)
     try:
         await wait_healthy(server)

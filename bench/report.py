@@ -109,6 +109,7 @@ def print_table(results: dict[str, Any]) -> None:
         f"{cfg['concurrency']} clients, service workers: {cfg['workers'] or 1}, "
         f"{results['machine']['cpus']} CPUs, load average {results['machine']['loadavg_start'][0]:.1f} at start"
     )
+    print(f"servers run by {cfg['python'] or results['machine']['python']}; CPUs: {results['machine']['placement']}")
     print(f"{'':44} {'service':>10} {'baseline':>10} {'service/baseline':>18}")
     for label, service, baseline, kind in _rows(results):
         ratio = _ratio(service, baseline)

@@ -54,6 +54,7 @@ class Scenario:
     input_tokens: int = 11
     output_tokens: int | None = None  # default: len(tokens)
     end_delay: float = 0.0  # seconds between the last event and the end of the body
+    one_write: bool = False  # everything before the end (or the drop, or the stall) in one write, as a buffering proxy sends it
 
     @property
     def out_tokens(self) -> int:
@@ -89,13 +90,23 @@ class _Dropped(Exception):
 
 
 class _Wire:
-    """One vendor's wire format; `run` plays a scenario as a stream, one write (and flush) per event."""
+    """One vendor's wire format; `run` plays a scenario as a stream, one write (and flush) per
+    event, or with `one_write` all events held back and written at once."""
 
     def __init__(self, resp: web.StreamResponse, model: str, sc: Scenario, body: dict[str, Any]) -> None:
         self.resp, self.model, self.sc, self.body = resp, model, sc, body
+        self._held: list[str] = []
 
     async def send(self, text: str) -> None:
-        await self.resp.write(text.encode("utf-8"))
+        if self.sc.one_write:
+            self._held.append(text)
+        else:
+            await self.resp.write(text.encode("utf-8"))
+
+    async def flush(self) -> None:
+        if self._held:
+            text, self._held = "".join(self._held), []
+            await self.resp.write(text.encode("utf-8"))
 
     async def run(self) -> None:
         sc = self.sc
@@ -103,15 +114,19 @@ class _Wire:
         await self.open()
         await self._tokens(0, cut)
         if sc.kind == "drop":
+            await self.flush()
             raise _Dropped
         if sc.kind == "stream_error":
-            return await self.stream_error()
-        if sc.kind == "malformed":
-            return await self.malformed()
-        if sc.kind == "stall":
-            await asyncio.sleep(sc.stall_seconds)  # silent: no pings
-        await self._tokens(cut, len(sc.tokens))
-        await self.finish()
+            await self.stream_error()
+        elif sc.kind == "malformed":
+            await self.malformed()
+        else:
+            if sc.kind == "stall":
+                await self.flush()
+                await asyncio.sleep(sc.stall_seconds)  # silent: no pings
+            await self._tokens(cut, len(sc.tokens))
+            await self.finish()
+        await self.flush()
 
     async def _tokens(self, start: int, stop: int) -> None:
         for i in range(start, stop):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tests.conftest import parse_events
@@ -92,16 +94,26 @@ async def test_invalid_request_does_not_fall_back(client, fake_upstream):
     assert fake_upstream.requests_for("claude-backup") == []
 
 
+FAILURES_AFTER_TEXT = [
+    (Scenario(kind="stream_error", after_tokens=2), "upstream_unavailable"),
+    (Scenario(kind="stream_error", after_tokens=2, error_type="api_error"), "upstream_unavailable"),
+    (Scenario(kind="drop", after_tokens=2), "upstream_unavailable"),
+    (Scenario(kind="malformed", after_tokens=2), "upstream_error"),
+    (Scenario(kind="stall", after_tokens=2), "timeout"),
+]
+
+
+def _failure_id(value):
+    if isinstance(value, Scenario):
+        return value.kind + (" in one write" if value.one_write else "")
+    return value
+
+
 @pytest.mark.parametrize(
     "scenario, code",
-    [
-        (Scenario(kind="stream_error", after_tokens=2), "upstream_unavailable"),
-        (Scenario(kind="stream_error", after_tokens=2, error_type="api_error"), "upstream_unavailable"),
-        (Scenario(kind="drop", after_tokens=2), "upstream_unavailable"),
-        (Scenario(kind="malformed", after_tokens=2), "upstream_error"),
-        (Scenario(kind="stall", after_tokens=2), "timeout"),
-    ],
-    ids=lambda v: getattr(v, "kind", v),
+    # Each failure also arrives in the same read as the text before it: that text still goes out first.
+    FAILURES_AFTER_TEXT + [(replace(sc, one_write=True), code) for sc, code in FAILURES_AFTER_TEXT],
+    ids=_failure_id,
 )
 async def test_failure_after_text_ends_with_error_and_never_switches(make_client, fake_upstream, scenario, code):
     client = await make_client(idle_timeout=0.3)
@@ -112,6 +124,20 @@ async def test_failure_after_text_ends_with_error_and_never_switches(make_client
     assert texts(events) == "Hello,"  # nothing repeated, nothing from another model
     assert events[-1]["code"] == code
     assert fake_upstream.requests_for("claude-backup") == []
+
+
+@pytest.mark.parametrize("one_write", [False, True], ids=["event by event", "in one write"])
+@pytest.mark.parametrize(
+    "kind, code", [("stream_error", "upstream_error"), ("malformed", "upstream_error"), ("drop", "upstream_unavailable")]
+)
+async def test_openai_failure_after_text_keeps_the_text_before_it(make_client, fake_upstream, kind, code, one_write):
+    client = await make_client(idle_timeout=0.3)
+    fake_upstream.script("gpt-fallback", Scenario(kind=kind, after_tokens=2, one_write=one_write))
+    events = await answer(client, {**CHAT, "model": "gpt-fallback"})
+    assert_one_terminal_last(events)
+    assert [e["type"] for e in events] == ["content", "content", "error"]
+    assert texts(events) == "Hello,"
+    assert events[-1]["code"] == code
 
 
 async def test_short_retry_after_retries_the_same_model(make_client, fake_upstream):
