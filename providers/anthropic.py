@@ -48,6 +48,9 @@ class AnthropicModel:
         self.client = client
         self.model = model
         self.name = f"{PROVIDER}/{model}"
+        # Resolved once, here: the SDK imports its resource modules on first use, and they belong
+        # with the rest of startup (see `service.__main__._freeze_heap`).
+        self._create = client.messages.with_streaming_response.create
         self.errors = UpstreamErrors(
             PROVIDER,
             model,
@@ -71,7 +74,7 @@ class AnthropicModel:
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         with self.errors:
-            async with self.client.messages.with_streaming_response.create(**self._params(request)) as response:
+            async with self._create(**self._params(request)) as response:
                 events = _MessageEvents(self.model)
                 async for chunk in response.iter_bytes():
                     if events.finish is None:  # else read the body to its end: the connection is reused

@@ -52,6 +52,9 @@ class OpenAIModel:
         self.client = client
         self.model = model
         self.name = f"{PROVIDER}/{model}"
+        # Resolved once, here: the SDK imports its resource modules on first use, and they belong
+        # with the rest of startup (see `service.__main__._freeze_heap`).
+        self._create = client.chat.completions.with_streaming_response.create
         self.errors = UpstreamErrors(
             PROVIDER,
             model,
@@ -79,7 +82,7 @@ class OpenAIModel:
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         with self.errors:
-            async with self.client.chat.completions.with_streaming_response.create(**self._params(request)) as response:
+            async with self._create(**self._params(request)) as response:
                 chunks = _CompletionChunks(self.model)
                 async for chunk in response.iter_bytes():
                     if not chunks.done:  # else read the body to its end: the connection is reused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from aiohttp import web
@@ -12,12 +13,28 @@ from service.log import configure_logging
 from service.settings import ConfigError, Settings, load_settings
 
 
+async def _freeze_heap(app: web.Application) -> None:
+    """After startup, move everything alive into the collector's permanent generation: the SDKs'
+    modules and types are some 160,000 objects that a full collection would otherwise walk
+    (about 100 ms, a pause every open stream feels) and that live as long as the process."""
+    gc.collect()
+    gc.freeze()
+
+
+def server_app(settings: Settings) -> web.Application:
+    """The application as a server process runs it: `create_app` plus process-wide tuning."""
+    app = create_app(settings)
+    app.on_startup.append(_freeze_heap)  # after the cleanup contexts: the SDK clients exist by then
+    return app
+
+
 def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    app = server_app(settings)
     # handler_cancellation: a client that goes away cancels its handler, which closes the
     # upstream request at once instead of at the next write. The grace period of a shutdown
     # happens in on_shutdown; shutdown_timeout only bounds the handlers' last writes after it.
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port or None,

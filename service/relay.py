@@ -190,9 +190,13 @@ async def stream_answer(
             raise
     finally:
         in_flight.discard(cutoff)
+        request_log(request).update(outcome.log_fields())
         if response.is_connected():
             response.stop_streaming()
-        request_log(request).update(outcome.log_fields())
+        if response.prepared:
+            # Until its end is awaited, the cancelled keep-alive task and this stream hold each
+            # other (through the task's exception), and only a full collection frees them.
+            await response.wait()
     return response, outcome
 
 
