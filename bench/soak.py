@@ -224,6 +224,8 @@ async def fetch_thread(session: aiohttp.ClientSession, base: str, thread_id: str
         async with session.get(f"{base}/ai/threads/{thread_id}/messages", params=params) as resp:
             if resp.status == 404:
                 return rows
+            if resp.status != 200:  # e.g. the store is not reachable: nothing can be checked
+                raise RuntimeError(f"listing thread {thread_id}: HTTP {resp.status} {(await resp.text())[:200]}")
             page = await resp.json()
         rows[:0], params["before"] = page["messages"], page["next_before"]
         if not page["has_more"]:

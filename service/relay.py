@@ -191,12 +191,7 @@ async def stream_answer(
     finally:
         in_flight.discard(cutoff)
         request_log(request).update(outcome.log_fields())
-        if response.is_connected():
-            response.stop_streaming()
-        if response.prepared:
-            # Until its end is awaited, the cancelled keep-alive task and this stream hold each
-            # other (through the task's exception), and only a full collection frees them.
-            await response.wait()
+        await response.close()
     return response, outcome
 
 

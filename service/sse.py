@@ -37,14 +37,26 @@ class EventStream(EventSourceResponse):
     def __init__(self, *, ping_interval: float) -> None:
         super().__init__(sep="\n", ping_interval=ping_interval, allow_all_methods=True)
         self.terminated = False  # a `done` or `error` event was written
+        self._pinging = False  # the keep-alive task was started (the headers went out)
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         writer = await super().prepare(request)
+        self._pinging = True
         # Send the headers now rather than with the first event, so clients see the stream open.
         send_headers = getattr(writer, "send_headers", None)
         if send_headers is not None:
             send_headers()
         return writer
+
+    async def close(self) -> None:
+        """Stop the keep-alive pings and wait for their task to end. Until its end is awaited, the
+        cancelled task and this stream hold each other (through the task's exception), and only
+        a full collection would free them. Nothing to do when the client left before the headers."""
+        if not self._pinging:
+            return
+        if self.is_connected():
+            self.stop_streaming()
+        await self.wait()
 
     async def send_bytes(self, event: bytes) -> None:
         """Write one framed event. Our JSON never holds a raw newline, so no re-splitting."""

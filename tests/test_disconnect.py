@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator
 
 import pytest
+from aiohttp import web
 
+from providers.base import Message, ModelRequest, StreamEvent
+from service.keys import REQUEST_LOG
+from service.relay import Outcome, stream_answer
 from tests.fake_upstream import Scenario
 
 
@@ -53,3 +58,53 @@ async def test_service_keeps_serving_after_disconnects(client, fake_upstream):
     await fake_upstream.wait_for_disconnect(timeout=1.0)
     again = await client.post("/ai/stream/generate", json={"prompt": "x"})
     assert (await again.read()).endswith(b'"usage":{"input_tokens":11,"output_tokens":4}}\n\n')
+
+
+class _NeverAsked:
+    name = "never/asked"
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
+        raise AssertionError("no model is asked for a client that is gone")
+        yield  # pragma: no cover
+
+
+async def test_client_gone_before_the_headers_ends_quietly(aiohttp_client):
+    # The client leaves between sending its request and the stream's first write (the soak test
+    # found this window: the headers' write fails, and the stream never starts its keep-alive).
+    ended: list[object] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        request[REQUEST_LOG] = {}
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.01)
+        try:
+            response, outcome = await stream_answer(
+                request,
+                _NeverAsked(),
+                ModelRequest(messages=(Message("user", "x"),), max_tokens=5),
+                deadline=5,
+                ping_interval=15,
+                in_flight=set(),
+            )
+        except BaseException as exc:
+            ended.append(exc)
+            raise
+        ended.append(outcome)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    client = await aiohttp_client(app)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+    async with asyncio.timeout(5):
+        while not ended:
+            await asyncio.sleep(0.01)
+    (result,) = ended
+    # The stream ends as for any client that left: it returns, or, when the server has already
+    # cancelled the handler, the cancellation goes on. Nothing else escapes it.
+    assert isinstance(result, Outcome | asyncio.CancelledError), repr(result)
+    if isinstance(result, Outcome):
+        assert result.client_gone and result.finish is None and result.text == []
