@@ -51,13 +51,7 @@ class AnthropicModel:
         # Resolved once, here: the SDK imports its resource modules on first use, and they belong
         # with the rest of startup (see `service.__main__._freeze_heap`).
         self._create = client.messages.with_streaming_response.create
-        self.errors = UpstreamErrors(
-            PROVIDER,
-            model,
-            status_error=anthropic.APIStatusError,
-            timeout_error=anthropic.APITimeoutError,
-            connection_error=anthropic.APIConnectionError,
-        )
+        self.errors = UpstreamErrors.of_sdk(anthropic, PROVIDER, model)
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         params: dict[str, Any] = {

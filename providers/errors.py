@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
+from types import ModuleType
 
 import httpx2
 
@@ -60,6 +61,17 @@ class UpstreamErrors:
         self.status_error = status_error
         self.timeout_error = (timeout_error, httpx2.TimeoutException)
         self.connection_error = (connection_error, httpx2.TransportError)
+
+    @classmethod
+    def of_sdk(cls, sdk: ModuleType, provider: str, model: str) -> UpstreamErrors:
+        """For one of the vendor SDKs (`anthropic`, `openai`), which name their errors alike."""
+        return cls(
+            provider,
+            model,
+            status_error=sdk.APIStatusError,
+            timeout_error=sdk.APITimeoutError,
+            connection_error=sdk.APIConnectionError,
+        )
 
     def __enter__(self) -> None:
         return None

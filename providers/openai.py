@@ -55,13 +55,7 @@ class OpenAIModel:
         # Resolved once, here: the SDK imports its resource modules on first use, and they belong
         # with the rest of startup (see `service.__main__._freeze_heap`).
         self._create = client.chat.completions.with_streaming_response.create
-        self.errors = UpstreamErrors(
-            PROVIDER,
-            model,
-            status_error=openai.APIStatusError,
-            timeout_error=openai.APITimeoutError,
-            connection_error=openai.APIConnectionError,
-        )
+        self.errors = UpstreamErrors.of_sdk(openai, PROVIDER, model)
         # OpenAI's own newer models want `max_completion_tokens`; compatible servers know `max_tokens`.
         self.max_tokens_field = max_tokens_field
 
