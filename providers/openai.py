@@ -25,11 +25,11 @@ from providers.transport import UPSTREAM_LIMITS, without_telemetry
 
 PROVIDER = "openai"
 
-# Stop reasons in the vocabulary the `done` event uses for every provider.
 # This SDK adds its retry count and read timeout after the client's headers unless the request
 # itself removes them.
 _REQUEST_HEADERS = {"x-stainless-retry-count": openai.omit, "x-stainless-read-timeout": openai.omit}
 
+# Stop reasons in the vocabulary the `done` event uses for every provider.
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
