@@ -22,7 +22,7 @@ from providers.base import (
 )
 from providers.errors import UpstreamErrors, interrupted, stream_error
 from providers.sse import SSEDecoder
-from providers.transport import UPSTREAM_LIMITS, without_telemetry
+from providers.transport import create_sdk_client
 
 PROVIDER = "anthropic"
 
@@ -30,16 +30,13 @@ PROVIDER = "anthropic"
 def create_client(
     *, api_key: str, base_url: str | None, connect_timeout: float, idle_timeout: float
 ) -> anthropic.AsyncAnthropic:
-    # max_retries=0: the fallback chain decides about retries, so a 529 costs no back-off.
-    # The aiohttp transport parses HTTP in C: a third of the relay's CPU less than the default.
-    timeout = anthropic.Timeout(idle_timeout, connect=connect_timeout)
-    return anthropic.AsyncAnthropic(
+    return create_sdk_client(
+        anthropic,
+        anthropic.AsyncAnthropic,
         api_key=api_key,
         base_url=base_url,
-        max_retries=0,
-        timeout=timeout,
-        default_headers=without_telemetry(anthropic.omit),  # type: ignore[arg-type]
-        http_client=anthropic.DefaultAioHttpClient(timeout=timeout, limits=UPSTREAM_LIMITS),
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
     )
 
 

@@ -21,7 +21,7 @@ from providers.base import (
 )
 from providers.errors import UpstreamErrors, interrupted
 from providers.sse import SSEDecoder
-from providers.transport import UPSTREAM_LIMITS, without_telemetry
+from providers.transport import create_sdk_client
 
 PROVIDER = "openai"
 
@@ -36,14 +36,13 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 def create_client(
     *, api_key: str, base_url: str | None, connect_timeout: float, idle_timeout: float
 ) -> openai.AsyncOpenAI:
-    timeout = openai.Timeout(idle_timeout, connect=connect_timeout)
-    return openai.AsyncOpenAI(
+    return create_sdk_client(
+        openai,
+        openai.AsyncOpenAI,
         api_key=api_key,
         base_url=base_url,
-        max_retries=0,
-        timeout=timeout,
-        default_headers=without_telemetry(openai.omit),  # type: ignore[arg-type]
-        http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=UPSTREAM_LIMITS),
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
     )
 
 
