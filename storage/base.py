@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Protocol
 
@@ -58,6 +58,11 @@ class StoredMessage:
     input_tokens: int | None
     output_tokens: int | None
     created_at: datetime  # timezone-aware UTC
+
+
+# The columns a message is read with, in the order of `StoredMessage`'s fields (both backends
+# build a `StoredMessage` from a row).
+MESSAGE_COLUMNS = ", ".join(field.name for field in fields(StoredMessage))
 
 
 @dataclass(frozen=True, slots=True)

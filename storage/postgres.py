@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from .base import (
+    MESSAGE_COLUMNS,
     Owner,
     StorageError,
     StorageUnavailable,
@@ -53,10 +54,9 @@ INSERT INTO threads (id, key_name, user_id) VALUES ($1, $2, $3)
 ON CONFLICT (id) DO NOTHING"""
 LOCK_THREAD = "SELECT key_name, user_id FROM threads WHERE id = $1 FOR UPDATE"
 SELECT_THREAD_OWNER = "SELECT key_name, user_id FROM threads WHERE id = $1"
-SELECT_HISTORY = """
+SELECT_HISTORY = f"""
 SELECT * FROM (
-    SELECT id, thread_id, seq, role, content, model, provider, stop_reason, status,
-           input_tokens, output_tokens, created_at
+    SELECT {MESSAGE_COLUMNS}
     FROM messages
     WHERE thread_id = $1 AND status <> 'pending' AND content <> ''
     ORDER BY seq DESC
@@ -73,10 +73,9 @@ SET content = $2, status = $3, model = $4, provider = $5, stop_reason = $6,
 WHERE id = $1 AND role = 'assistant' AND status = 'pending'"""
 SELECT_MESSAGE_SEQ = "SELECT seq FROM messages WHERE id = $1 AND thread_id = $2"
 # $3 is the seq of the `before` message, or NULL for the newest page.
-SELECT_PAGE = """
+SELECT_PAGE = f"""
 SELECT * FROM (
-    SELECT id, thread_id, seq, role, content, model, provider, stop_reason, status,
-           input_tokens, output_tokens, created_at
+    SELECT {MESSAGE_COLUMNS}
     FROM messages
     WHERE thread_id = $1 AND ($3::bigint IS NULL OR seq < $3)
     ORDER BY seq DESC

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiosqlite
 
 from .base import (
+    MESSAGE_COLUMNS,
     Owner,
     StorageError,
     StorageUnavailable,
@@ -58,10 +59,9 @@ PING = "SELECT 1"
 INSERT_THREAD = """
 INSERT OR IGNORE INTO threads (id, key_name, user_id, created_at) VALUES (?, ?, ?, ?)"""
 SELECT_THREAD_OWNER = "SELECT key_name, user_id FROM threads WHERE id = ?"
-SELECT_HISTORY = """
+SELECT_HISTORY = f"""
 SELECT * FROM (
-    SELECT id, thread_id, seq, role, content, model, provider, stop_reason, status,
-           input_tokens, output_tokens, created_at
+    SELECT {MESSAGE_COLUMNS}
     FROM messages
     WHERE thread_id = ? AND status <> 'pending' AND content <> ''
     ORDER BY seq DESC
@@ -78,10 +78,9 @@ SET content = ?, status = ?, model = ?, provider = ?, stop_reason = ?,
 WHERE id = ? AND role = 'assistant' AND status = 'pending'"""
 SELECT_MESSAGE_SEQ = "SELECT seq FROM messages WHERE id = ? AND thread_id = ?"
 # ?3 is the seq of the `before` message, or NULL for the newest page.
-SELECT_PAGE = """
+SELECT_PAGE = f"""
 SELECT * FROM (
-    SELECT id, thread_id, seq, role, content, model, provider, stop_reason, status,
-           input_tokens, output_tokens, created_at
+    SELECT {MESSAGE_COLUMNS}
     FROM messages
     WHERE thread_id = ?1 AND (?3 IS NULL OR seq < ?3)
     ORDER BY seq DESC
