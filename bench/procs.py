@@ -286,10 +286,9 @@ def service_env(upstream_url: str, port: int, tmpdir: Path) -> dict[str, str]:
 
 
 async def start_server(procs: Processes, kind: str, upstream_url: str, port: int, workers: int | None = None) -> Server:
-    """Start the service (`kind="service"`) or the bare baseline and wait for its /health.
-    One process gets the placement's server CPU; several workers get every CPU."""
-    placement = procs.placement
-    cpus = placement.server if placement and not (workers and workers > 1) else ALL_CPUS
+    """Start the service (`kind="service"`) or the bare baseline and wait for its /health, on the
+    placement's server CPU if there is one (there is none when the service has workers)."""
+    cpus = procs.placement.server if procs.placement else ALL_CPUS
     if kind == "service":
         args = ["-m", "service"] + (["--workers", str(workers)] if workers else [])
         env = service_env(upstream_url, port, procs.tmpdir)
