@@ -1,9 +1,11 @@
 """Fixtures for the storage tests, parametrized over SQLite and PostgreSQL.
 
-PostgreSQL tests use a scratch database named by TEST_DATABASE_URL (default
-postgresql://postgres@127.0.0.1:5432/ai_stream_test). It is DROPPED and recreated once per
-test module (connecting to the `postgres` maintenance database) and its tables are truncated
-before each test. They fail when the server cannot be reached.
+PostgreSQL tests use scratch databases on the server TEST_DATABASE_URL names (default
+postgresql://postgres@127.0.0.1:5432/ai_stream_test). Each database's name is that one's plus a
+suffix unique to the test run (process id and a random part), so two runs on one server never
+drop each other's databases. It is created once per test module (connecting to the `postgres`
+maintenance database), dropped after it, and its tables are truncated before each test. They
+fail when the server cannot be reached.
 
 Import what you need, e.g. in conftest.py:
     from tests.storage_fixtures import fresh_target, pg_url, store, store_target  # noqa: F401
@@ -15,6 +17,7 @@ import asyncio
 import os
 import re
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,11 +89,15 @@ async def drop_database(url: str) -> None:
         await conn.close()
 
 
+# Unique to this test run: two runs on one server (CI beside a developer, say) never share a database.
+RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
 def scratch_database_url(suffix: str = "") -> str:
     url = os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # one database per xdist worker
-    extra = "_".join(part for part in (suffix, worker) if part)
-    return with_database(url, f"{database_name(url)}_{extra}") if extra else url
+    extra = "_".join(part for part in (suffix, worker, RUN_ID) if part)
+    return with_database(url, f"{database_name(url)}_{extra}")
 
 
 @dataclass
