@@ -13,7 +13,7 @@ from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
 from service.conversations import add_thread_routes
 from service.errors import add_request_id, request_middleware
-from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS
+from service.app_keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS
 from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.routes import add_routes

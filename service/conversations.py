@@ -12,8 +12,8 @@ from aiohttp import web
 
 from providers.base import Message
 from service.errors import ApiError
-from service.keys import METRICS, SETTINGS, STORAGE, THREAD_OWNER
-from service.relay import Outcome
+from service.app_keys import METRICS, SETTINGS, STORAGE, THREAD_OWNER
+from service.outcome import Outcome, Receipt
 from service.schemas import THREAD_ID_PATTERN
 from service.storage_state import DeferredAnswer, StorageState, track
 from storage import (
@@ -81,9 +81,9 @@ def replay(history: list[StoredMessage]) -> tuple[Message, ...]:
 
 def store_answer(
     request: web.Request, thread_id: str, message_id: str, deadline: float
-) -> Callable[[Outcome], Awaitable[dict[str, Any]]]:
-    """The `on_end` of a thread's stream: store the answer, retrying with back-off until `deadline`
-    (a monotonic time); the result is added to the `done` event."""
+) -> Callable[[Outcome], Awaitable[Receipt]]:
+    """How a thread's answer is stored when it ends: retrying with back-off until `deadline`
+    (a monotonic time); the receipt goes into the `done` event."""
     app = request.app
     state = app[STORAGE]
 
@@ -121,12 +121,12 @@ def store_answer(
                 log.info("answer_not_stored", thread_id=thread_id, message_id=message_id, reason="thread_deleted")
             return stored
 
-    async def on_end(outcome: Outcome) -> dict[str, Any]:
+    async def store(outcome: Outcome) -> Receipt:
         # A tracked task, so that shutdown waits for it and a cancelled handler cannot cut it.
         persisted = await asyncio.shield(track(app, write(outcome)))
-        return {"message_id": message_id, "persisted": persisted}
+        return Receipt(message_id, persisted)
 
-    return on_end
+    return store
 
 
 def _thread_id(request: web.Request) -> str:

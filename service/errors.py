@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from service.keys import METRICS, REQUEST_ID, REQUEST_LOG
+from service.app_keys import METRICS, REQUEST_ID, REQUEST_LOG
 
 log = structlog.get_logger("ai_stream")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from service.errors import ApiError
-from service.keys import THREAD_OWNER
+from service.app_keys import THREAD_OWNER
 from service.settings import Settings
 
 _PRUNE_ABOVE = 10_000  # clients remembered before idle ones are forgotten

@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from providers.circuit import Circuit
-from service.relay import Outcome
+from service.outcome import Outcome
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
 _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300)

@@ -17,10 +17,12 @@ from service.body import invalid, read_json, validate
 from service.conversations import begin_turn, replay, store_answer
 from service.datecontext import with_date_context
 from service.errors import ApiError, request_log
-from service.keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, STORAGE
+from service.app_keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, STORAGE
 from service.limits import check_input, client_of
 from service.metrics import metrics_response
-from service.relay import Outcome, collect_answer, done_payload, stream_answer
+from service.answer import AnswerEnd, StoreAnswer, collect_answer, stream_answer
+from service.formats import WireFormat
+from service.formats.typed_sse import TypedEvents
 from service.schemas import ChatBody, GenerateBody
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -56,41 +58,26 @@ async def _answer(
     provider: Provider,
     model_request: ModelRequest,
     stream: bool,
-    on_end: Callable[[Outcome], Awaitable[dict[str, Any]]] | None = None,
+    store: StoreAnswer | None = None,
+    wire: WireFormat | None = None,
 ) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    in_flight = request.app[IN_FLIGHT]
-    started = time.perf_counter()
-    metrics.open_streams.inc()
-    outcome = None
-    try:
-        if stream:
-            response, outcome = await stream_answer(
-                request,
-                provider,
-                model_request,
-                deadline=settings.request_timeout,
-                ping_interval=settings.keepalive_interval,
-                in_flight=in_flight,
-                on_end=on_end,
-            )
-            return response
-        outcome, status, stored = await collect_answer(
-            provider, model_request, deadline=settings.request_timeout, in_flight=in_flight, on_end=on_end
+    wire = wire or TypedEvents()
+    end = AnswerEnd(request, store)
+    if stream:
+        return await stream_answer(
+            request,
+            provider,
+            model_request,
+            wire,
+            end,
+            deadline=settings.request_timeout,
+            ping_interval=settings.keepalive_interval,
+            in_flight=request.app[IN_FLIGHT],
         )
-    finally:
-        metrics.open_streams.dec()
-        # A cancelled stream (client gone) returns no outcome; relay logged it, count it here.
-        metrics.record_answer(outcome or Outcome(client_gone=True), time.perf_counter() - started)
-        metrics.observe_circuits(request.app[CHAIN].circuits)
-    request_log(request).update(outcome.log_fields())
-    if outcome.finish is None:
-        assert outcome.error is not None
-        return web.json_response({"error": outcome.error.message, "code": outcome.error.code, "details": []}, status=status)
-    done = done_payload(outcome.finish)
-    del done["type"]
-    return web.json_response({"text": "".join(outcome.text), **done, **stored})
+    return await collect_answer(
+        provider, model_request, wire, end, deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT]
+    )
 
 
 def _require_models(request: web.Request) -> None:
@@ -129,14 +116,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     provider, model_request, thread, stream = _chat_request(request, await read_json(request, settings.max_body_bytes))
     with request.app[LIMITER].stream(client_of(request)):
-        on_end = None
+        store = None
         if thread is not None:
             thread_id, user_id = thread
             request_log(request)["thread_id"] = thread_id
             turn = await begin_turn(request, thread_id, user_id, model_request.messages)
             model_request = replace(model_request, messages=replay(turn.history) + model_request.messages)
-            on_end = store_answer(request, thread_id, turn.assistant_message_id, started + settings.request_timeout)
-        return await _answer(request, provider, model_request, stream, on_end)
+            store = store_answer(request, thread_id, turn.assistant_message_id, started + settings.request_timeout)
+        return await _answer(request, provider, model_request, stream, store)
 
 
 def _chat_request(

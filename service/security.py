@@ -11,7 +11,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from service.errors import ApiError
-from service.keys import LIMITER, THREAD_OWNER
+from service.app_keys import LIMITER, THREAD_OWNER
 from service.limits import client_of
 from service.settings import ApiKey, Settings
 

@@ -1,45 +1,30 @@
-"""The event stream a client reads: aiohttp-sse's response with a lean writer for our events.
-
-Every event is one `data: <json>` line and a blank line, without an `event:` field, so that
-`EventSource.onmessage`, fetch-and-split-lines readers and pass-through proxies all see it.
-"""
+"""The event-stream response every streamed format is written through: aiohttp-sse's response
+(headers, keep-alive, dead-peer timeout), with the format's own keep-alive and extra headers."""
 
 from __future__ import annotations
 
-import json
+import asyncio
+from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp_sse import EventSourceResponse
-
-STREAM_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "Connection": "keep-alive",
-    "X-Accel-Buffering": "no",
-}
-
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def event_bytes(payload: dict[str, Any]) -> bytes:
-    return b"data: " + _encode(payload).encode() + b"\n\n"
-
-
-def content_event(text: str) -> bytes:
-    # The hot path: one event per upstream text delta.
-    return b'data: {"type":"content","text":' + _encode(text).encode() + b"}\n\n"
 
 
 class EventStream(EventSourceResponse):
-    """aiohttp-sse's response (headers, keep-alive pings, dead-peer timeout) with `\\n` framing."""
+    """One streamed answer's response. Events arrive already framed by their wire format."""
 
-    def __init__(self, *, ping_interval: float) -> None:
-        super().__init__(sep="\n", ping_interval=ping_interval, allow_all_methods=True)
-        self.terminated = False  # a `done` or `error` event was written
+    def __init__(self, *, ping_interval: float, keepalive: bytes, headers: Mapping[str, str]) -> None:
+        super().__init__(sep="\n", ping_interval=ping_interval, allow_all_methods=True, headers=headers or None)
+        self.keepalive = keepalive
+        self.terminated = False  # the terminal event was written
         self._pinging = False  # the keep-alive task was started (the headers went out)
 
     async def prepare(self, request: web.BaseRequest) -> Any:
+        if request.version < HttpVersion11:
+            # HTTP/1.0 has no chunking: the end of the body is the end of the connection.
+            self.headers["Connection"] = "close"
+            self.force_close()
         writer = await super().prepare(request)
         self._pinging = True
         # Send the headers now rather than with the first event, so clients see the stream open.
@@ -58,17 +43,26 @@ class EventStream(EventSourceResponse):
             self.stop_streaming()
         await self.wait()
 
-    async def send_bytes(self, event: bytes) -> None:
-        """Write one framed event. Our JSON never holds a raw newline, so no re-splitting."""
+    async def send_terminal(self, event: bytes) -> None:
+        """The last event(s) of a stream; at most one terminal write is ever made."""
+        if self.terminated:
+            return
+        self.terminated = True
         try:
             await self.write(event)
         except ConnectionResetError:
             self.stop_streaming()
             raise
 
-    async def send_terminal(self, payload: dict[str, Any]) -> None:
-        """The last event of a stream; at most one is ever written."""
-        if self.terminated:
-            return
-        self.terminated = True
-        await self.send_bytes(event_bytes(payload))
+    async def _ping(self) -> None:
+        # aiohttp-sse's keep-alive loop, writing the format's own keep-alive bytes.
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    await self.write(self.keepalive)
+            except TimeoutError:
+                self._abort_transport()
+                break
+            except (ConnectionResetError, RuntimeError):  # RuntimeError: a write after the end
+                break

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from service.keys import PENDING_WRITES, SETTINGS, STORAGE
+from service.app_keys import PENDING_WRITES, SETTINGS, STORAGE
 from storage import StorageError, Store, create_store
 
 log = structlog.get_logger("ai_stream")

@@ -10,8 +10,11 @@ import pytest
 from aiohttp import web
 
 from providers.base import Message, ModelRequest, StreamEvent
-from service.keys import REQUEST_LOG
-from service.relay import Outcome, stream_answer
+from service.answer import AnswerEnd, stream_answer
+from service.app_keys import REQUEST_LOG
+from service.formats.typed_sse import TypedEvents
+from service.app import create_app
+from service.outcome import Outcome, Receipt
 from tests.fake_upstream import Scenario
 
 
@@ -68,20 +71,28 @@ class _NeverAsked:
         yield  # pragma: no cover
 
 
-async def test_client_gone_before_the_headers_ends_quietly(aiohttp_client):
+async def test_client_gone_before_the_headers_ends_quietly(aiohttp_client, make_settings):
     # The client leaves between sending its request and the stream's first write (the soak test
     # found this window: the headers' write fails, and the stream never starts its keep-alive).
     ended: list[object] = []
+
+    outcomes: list[Outcome] = []
+
+    async def record(outcome: Outcome) -> Receipt:
+        outcomes.append(outcome)
+        return Receipt("msg_x", True)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         request[REQUEST_LOG] = {}
         while request.transport is not None and not request.transport.is_closing():
             await asyncio.sleep(0.01)
         try:
-            response, outcome = await stream_answer(
+            response = await stream_answer(
                 request,
                 _NeverAsked(),
                 ModelRequest(messages=(Message("user", "x"),), max_tokens=5),
+                TypedEvents(),
+                AnswerEnd(request, record),
                 deadline=5,
                 ping_interval=15,
                 in_flight=set(),
@@ -89,14 +100,15 @@ async def test_client_gone_before_the_headers_ends_quietly(aiohttp_client):
         except BaseException as exc:
             ended.append(exc)
             raise
-        ended.append(outcome)
+        ended.append(response)
         return response
 
-    app = web.Application()
-    app.router.add_post("/", handler)
+    # The app of the service (its metrics and chain are what an answer's end reports to).
+    app = create_app(make_settings())
+    app.router.add_post("/gone", handler)
     client = await aiohttp_client(app)
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    writer.write(b"POST /gone HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     await writer.drain()
     writer.close()
     async with asyncio.timeout(5):
@@ -104,7 +116,8 @@ async def test_client_gone_before_the_headers_ends_quietly(aiohttp_client):
             await asyncio.sleep(0.01)
     (result,) = ended
     # The stream ends as for any client that left: it returns, or, when the server has already
-    # cancelled the handler, the cancellation goes on. Nothing else escapes it.
-    assert isinstance(result, Outcome | asyncio.CancelledError), repr(result)
-    if isinstance(result, Outcome):
-        assert result.client_gone and result.finish is None and result.text == []
+    # cancelled the handler, the cancellation goes on. Nothing else escapes it, and the answer's
+    # end was reported once, as a client that left.
+    assert isinstance(result, web.StreamResponse | asyncio.CancelledError), repr(result)
+    (outcome,) = outcomes
+    assert outcome.client_gone and outcome.finish is None and outcome.text == []

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from providers.fallback import FallbackChain
     from service.limits import RateLimiter
     from service.metrics import Metrics
-    from service.relay import Cutoff
+    from service.answer import Cutoff
     from service.settings import Settings
     from service.storage_state import StorageState
 

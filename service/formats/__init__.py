@@ -1,0 +1,41 @@
+"""Wire formats: how one answer is written for a kind of client.
+
+The relay (`service.answer`) produces an answer's events and owns its end; a format only says
+how they look on the wire: the headers, each text piece, the terminal event, the keep-alive,
+and the body of an answer that is not streamed. A format object serves one answer, so it may
+keep what it needs between events (an id, whether it has opened a block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from providers.base import ProviderError
+from service.outcome import Outcome, Receipt
+
+
+class WireFormat(Protocol):
+    name: str  # for logs and metrics
+    headers: Mapping[str, str]  # beyond the event-stream headers every format sends
+    keepalive: bytes  # written while the answer is silent
+
+    def opening(self) -> bytes:
+        """Written right after the headers (may be empty)."""
+        ...
+
+    def text(self, text: str) -> bytes:
+        """One text piece: the hot path."""
+        ...
+
+    def done(self, outcome: Outcome, receipt: Receipt | None) -> bytes:
+        """The end of an answer that finished: its terminal event(s)."""
+        ...
+
+    def failure(self, error: ProviderError) -> bytes:
+        """The end of an answer that failed after the headers: its terminal event(s)."""
+        ...
+
+    def body(self, outcome: Outcome, receipt: Receipt | None) -> tuple[int, dict[str, Any]]:
+        """The status and JSON body of an answer that is not streamed."""
+        ...

@@ -1,0 +1,61 @@
+"""The service's own event stream (`/ai/stream/*`): `content`, `done` and `error` events.
+
+Every event is one `data: <json>` line and a blank line, without an `event:` field, so that
+`EventSource.onmessage`, fetch-and-split-lines readers and pass-through proxies all see it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from providers.base import Finish, ProviderError
+from service.outcome import Outcome, Receipt
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def event_bytes(payload: dict[str, Any]) -> bytes:
+    return b"data: " + _encode(payload).encode() + b"\n\n"
+
+
+def done_fields(finish: Finish, receipt: Receipt | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "model": finish.model,
+        "provider": finish.provider,
+        "stop_reason": finish.stop_reason,
+        "usage": {"input_tokens": finish.usage.input_tokens, "output_tokens": finish.usage.output_tokens},
+    }
+    if receipt is not None:
+        fields.update(message_id=receipt.message_id, persisted=receipt.persisted)
+    return fields
+
+
+class TypedEvents:
+    """One answer as the service's typed events."""
+
+    __slots__ = ()
+
+    name = "typed"
+    headers: dict[str, str] = {}
+    keepalive = b": ping\n\n"
+
+    def opening(self) -> bytes:
+        return b""
+
+    def text(self, text: str) -> bytes:
+        return b'data: {"type":"content","text":' + _encode(text).encode() + b"}\n\n"
+
+    def done(self, outcome: Outcome, receipt: Receipt | None) -> bytes:
+        assert outcome.finish is not None
+        return event_bytes({"type": "done", **done_fields(outcome.finish, receipt)})
+
+    def failure(self, error: ProviderError) -> bytes:
+        return event_bytes({"type": "error", "error": error.message, "code": error.code})
+
+    def body(self, outcome: Outcome, receipt: Receipt | None) -> tuple[int, dict[str, Any]]:
+        if outcome.finish is None:
+            error = outcome.error
+            assert error is not None
+            return outcome.http_status(), {"error": error.message, "code": error.code, "details": []}
+        return 200, {"text": "".join(outcome.text), **done_fields(outcome.finish, receipt)}
