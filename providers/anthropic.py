@@ -21,7 +21,7 @@ from providers.base import (
     Usage,
 )
 from providers.errors import UpstreamErrors, interrupted, stream_error
-from providers.sse import SSEDecoder
+from providers.sse import SSEDecoder, may_hold_surrogates, repaired
 from providers.transport import create_sdk_client
 
 PROVIDER = "anthropic"
@@ -103,8 +103,9 @@ class _MessageEvents:
                 kind = event["type"]
                 if kind == "content_block_delta":
                     delta = event["delta"]
-                    if delta["type"] == "text_delta" and delta["text"]:
-                        texts.append(TextDelta(delta["text"]))
+                    if delta["type"] == "text_delta" and (text := delta["text"]):
+                        # Text that UTF-8 cannot encode is repaired here, not met on the way out.
+                        texts.append(TextDelta(repaired(text) if may_hold_surrogates(data) else text))
                 elif kind == "message_start":
                     message = event["message"]
                     self.model = message.get("model") or self.model

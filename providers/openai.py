@@ -20,7 +20,7 @@ from providers.base import (
     Usage,
 )
 from providers.errors import UpstreamErrors, interrupted
-from providers.sse import SSEDecoder
+from providers.sse import SSEDecoder, may_hold_surrogates, repaired
 from providers.transport import create_sdk_client
 
 PROVIDER = "openai"
@@ -114,7 +114,8 @@ class _CompletionChunks:
                 for choice in event.get("choices") or ():
                     content = (choice.get("delta") or {}).get("content")
                     if content:
-                        texts.append(TextDelta(content))
+                        # Text that UTF-8 cannot encode is repaired here, not met on the way out.
+                        texts.append(TextDelta(repaired(content) if may_hold_surrogates(data) else content))
                     if reason := choice.get("finish_reason"):
                         self.stop_reason = STOP_REASONS.get(reason, reason)
                 if counts := event.get("usage"):

@@ -7,6 +7,22 @@ hot path: it works on bytes and splits with `bytes.find`, one pass per chunk.
 
 from __future__ import annotations
 
+import re
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def may_hold_surrogates(data: bytes) -> bool:
+    """Whether the JSON text `data` escapes a UTF-16 surrogate (`\\ud800`..`\\udfff`), the only
+    way parsed JSON can hold text that cannot be encoded as UTF-8. A byte search: cheap enough
+    for every event."""
+    return b"\\ud" in data or b"\\uD" in data
+
+
+def repaired(text: str) -> str:
+    """`text` with each lone surrogate (half of a pair that never came) replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
 
 class SSEDecoder:
     __slots__ = ("_buffer", "_cr")

@@ -82,7 +82,14 @@ def _rand_id(prefix: str, n: int = 24) -> str:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a scenario's broken token) goes out as a JSON escape, as a real
+        # server that produced one would send it.
+        return json.dumps(obj, separators=(",", ":"))
+    return text
 
 
 class _Dropped(Exception):
