@@ -13,7 +13,7 @@ from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
 from service.conversations import add_thread_routes
 from service.errors import add_request_id, request_middleware
-from service.app_keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS
+from service.app_keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, USER_LIMITER
 from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.routes import add_routes
@@ -34,6 +34,13 @@ def create_app(settings: Settings) -> web.Application:
     app[IN_FLIGHT] = weakref.WeakSet()
     app[METRICS] = Metrics()
     app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.max_concurrent_streams, settings.max_total_streams)
+    app[USER_LIMITER] = RateLimiter(
+        settings.user_rate_limit_rpm,
+        settings.user_max_concurrent_streams,
+        0,  # the total is the clients' limiter's
+        rpm_setting="AI_USER_RATE_LIMIT_RPM",
+        streams_setting="AI_USER_MAX_CONCURRENT_STREAMS",
+    )
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(_models)
     app.on_response_prepare.append(add_request_id)

@@ -23,6 +23,8 @@ CHAIN: web.AppKey[FallbackChain] = web.AppKey("chain")
 # Answers in progress (streamed or not): shutdown ends those still open after its grace period.
 IN_FLIGHT: web.AppKey[weakref.WeakSet[Cutoff]] = web.AppKey("in_flight")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+# Limits of the end users that backends forward (`key:user_id`).
+USER_LIMITER: web.AppKey[RateLimiter] = web.AppKey("user_limiter")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 STORAGE: web.AppKey[StorageState] = web.AppKey("storage")
 # Answers being written to the store; shutdown waits for them before closing it.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+
+from providers.sse import may_hold_surrogates, repaired
 
 from service.datecontext import is_known_zone
 from service.errors import ApiError
@@ -20,30 +23,66 @@ def _is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+async def read_json(request: web.Request, max_bytes: int, timeout: float) -> dict[str, Any]:
+    """The body as a JSON object, read within `timeout` seconds.
+
+    Only a JSON content type is taken: a web page can send `text/plain` or a form to any
+    address without asking first (a "simple" request, no CORS preflight), but not
+    `application/json`, so this keeps other sites from spending the service's tokens."""
+    content_type = request.content_type
+    if not _is_json_type(content_type):
+        # aiohttp reports a missing Content-Type as application/octet-stream.
+        got = "none" if "Content-Type" not in request.headers else content_type[:80]
+        raise ApiError(
+            415, "unsupported_media_type", f"Send the body as JSON with Content-Type: application/json (got {got})."
+        )
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(max_bytes) from None
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"The request body did not arrive within {timeout:g} seconds (AI_BODY_TIMEOUT)."
+        ) from None
+    except web.RequestPayloadError:
+        # A body that cannot be decoded (a broken Content-Encoding) or was cut off.
+        raise ApiError(400, "invalid_body", "The request body could not be read (check its Content-Encoding).") from None
     if len(raw) > max_bytes:
         raise _too_large(max_bytes)
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        # Lenient about a missing JSON content type (curl -d), strict about a body that is not JSON.
-        if request.content_type and not _is_json_type(request.content_type) and request.content_type != "application/octet-stream":
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                f"The body must be JSON (Content-Type: application/json); got {request.content_type[:80]}.",
-            ) from None
         message = "The request body is empty; send a JSON object." if not raw.strip() else "The request body is not valid JSON."
         raise ApiError(400, "invalid_json", message) from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "The request body is nested too deeply.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    if may_hold_surrogates(raw) and (path := _unencodable(data, "")) is not None:
+        field = path or "body"
+        raise invalid([{"field": field, "message": f"{field} holds text that is not valid Unicode (a lone surrogate escape)"}])
     return data
+
+
+def _unencodable(value: Any, path: str) -> str | None:
+    """The path of the first string (key or value) in `value` that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        return path if repaired(value) != value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if repaired(key) != key:
+                return path or "body"
+            if (found := _unencodable(item, here)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _unencodable(item, f"{path}.{index}" if path else str(index))) is not None:
+                return found
+    return None
 
 
 def _too_large(max_bytes: int) -> ApiError:

@@ -71,14 +71,6 @@ def _close_abandoned(state: StorageState, thread_id: str, storing: asyncio.Futur
     state.defer(DeferredAnswer(storing.result().assistant_message_id, thread_id, fields))
 
 
-def replay(history: list[StoredMessage]) -> tuple[Message, ...]:
-    """Stored history as model messages; a window cut mid-conversation starts at a user turn."""
-    messages = [Message(m.role, m.content) for m in history if m.role in ("user", "assistant")]  # type: ignore[arg-type]
-    while messages and messages[0].role != "user":
-        messages.pop(0)
-    return tuple(messages)
-
-
 def store_answer(
     request: web.Request, thread_id: str, message_id: str, deadline: float
 ) -> Callable[[Outcome], Awaitable[Receipt]]:

@@ -1,6 +1,9 @@
 """How much one client may ask: input size, requests per minute and open streams.
 
-Limits are kept per process; with `--workers N` each worker enforces them on its own share.
+A client is an API key's name (or the remote address without keys). A backend that forwards
+its own users names each one in `user_id`: that user (`key:user_id`) then has limits of its
+own, beside its key's. Limits are kept per process; with `--workers N` each worker enforces
+them on its own share.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ def client_of(request: web.Request) -> str:
     return request.get(THREAD_OWNER) or request.remote or "unknown"
 
 
+def end_user_of(request: web.Request, user_id: str) -> str:
+    """The limited identity of an end user a backend forwards: its key, then its `user_id`."""
+    return f"{client_of(request)}:{user_id}"
+
+
 @dataclass(slots=True)
 class _Client:
     tokens: float
@@ -49,8 +57,18 @@ class RateLimiter:
     """A token bucket per client (`rpm` requests a minute, bursts up to `rpm`) plus counts of
     open streams per client and in total. A limit of 0 means none."""
 
-    def __init__(self, rpm: int, per_client_streams: int, total_streams: int) -> None:
+    def __init__(
+        self,
+        rpm: int,
+        per_client_streams: int,
+        total_streams: int,
+        *,
+        rpm_setting: str = "AI_RATE_LIMIT_RPM",
+        streams_setting: str = "AI_MAX_CONCURRENT_STREAMS",
+    ) -> None:
         self.rpm = rpm
+        self.rpm_setting = rpm_setting
+        self.streams_setting = streams_setting
         self.per_client_streams = per_client_streams
         self.total_streams = total_streams
         self.open_streams = 0
@@ -81,7 +99,7 @@ class RateLimiter:
         client = self._client(name, now)
         if client.tokens < 1:
             wait = math.ceil((1 - client.tokens) * 60 / self.rpm)
-            raise _too_many(f"Too many requests; the limit (AI_RATE_LIMIT_RPM) is {self.rpm} a minute.", wait)
+            raise _too_many(f"Too many requests; the limit ({self.rpm_setting}) is {self.rpm} a minute.", wait)
         client.tokens -= 1
 
     def stream(self, name: str) -> StreamSlot:
@@ -94,7 +112,7 @@ class RateLimiter:
             raise _too_many("The service is at its limit of open streams (AI_MAX_TOTAL_STREAMS); retry shortly.", 1)
         if self.per_client_streams and client.streams >= self.per_client_streams:
             raise _too_many(
-                f"Too many open streams; the limit (AI_MAX_CONCURRENT_STREAMS) is {self.per_client_streams} a client.", 1
+                f"Too many open streams; the limit ({self.streams_setting}) is {self.per_client_streams} at once.", 1
             )
         client.streams += 1
         self.open_streams += 1
@@ -127,6 +145,32 @@ class StreamSlot:
         if self._client is not None:
             self._limiter._give_back(self._client)
             self._client = None
+
+
+class FailedLogins:
+    """Failed authentications per remote address: past `per_minute` of them, that address gets
+    429 for a while instead of another try (a token bucket, as for requests). 0: no limit."""
+
+    def __init__(self, per_minute: int) -> None:
+        self._buckets = RateLimiter(per_minute, 0, 0, rpm_setting="AI_AUTH_FAILURES_PER_MINUTE")
+
+    def check(self, address: str) -> None:
+        """429 if `address` has used up its failed attempts."""
+        buckets = self._buckets
+        if not buckets.rpm:
+            return
+        bucket = buckets._client(address, time.monotonic())
+        if bucket.tokens < 1:
+            wait = math.ceil((1 - bucket.tokens) * 60 / buckets.rpm)
+            raise _too_many(
+                f"Too many failed authentications from this address; the limit (AI_AUTH_FAILURES_PER_MINUTE) "
+                f"is {buckets.rpm} a minute.",
+                wait,
+            )
+
+    def failed(self, address: str) -> None:
+        if self._buckets.rpm:
+            self._buckets._client(address, time.monotonic()).tokens -= 1
 
 
 def _too_many(message: str, retry_after: int) -> ApiError:

@@ -3,139 +3,62 @@
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from providers.base import Message, ModelRequest, Provider
+from providers.base import Message, ModelRequest
 from service import __version__
+from service.app_keys import CHAIN, IN_FLIGHT, METRICS, REGISTRY, SETTINGS, STORAGE
+from service.asking import Asked, answer, chain_for, system_prompt
 from service.body import invalid, read_json, validate
-from service.conversations import begin_turn, replay, store_answer
-from service.datecontext import with_date_context
-from service.errors import ApiError, request_log
-from service.app_keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, STORAGE
-from service.limits import check_input, client_of
-from service.metrics import metrics_response
-from service.answer import AnswerEnd, StoreAnswer, collect_answer, stream_answer
-from service.formats import WireFormat
+from service.errors import ApiError
 from service.formats.typed_sse import TypedEvents
+from service.limits import check_input
+from service.metrics import metrics_response
 from service.schemas import ChatBody, GenerateBody
+from service.security import opens_answer
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
 
-def _chain_for(request: web.Request, model: str | None) -> Provider:
-    """The fallback chain, started at the requested model when one is named."""
-    chain = request.app[CHAIN]
-    if model is None:
-        return chain
-    name = request.app[REGISTRY].resolve(model)
-    if name is None:
-        configured = ", ".join(info.name for info in request.app[REGISTRY].info)
-        raise invalid([{"field": "model", "message": f"model {model[:100]!r} is not configured; choose one of: {configured}"}])
-    # A configured model without credentials is skipped: start at the next usable one after it.
-    usable = {m.name for m in chain.models}
-    names = [info.name for info in request.app[REGISTRY].info]
-    for candidate in names[names.index(name) :]:
-        if candidate in usable:
-            return chain.starting_at(candidate)
-    raise ApiError(503, "no_models_available", "No model from the requested one on is configured with credentials.")
+# The handlers turn the body into an `Asked` in plain functions, so that neither the parsed JSON
+# nor the validated body stays referenced while the answer streams.
 
 
-def _system_prompt(request: web.Request, system: str | None, zone: str | None) -> str | None:
-    settings = request.app[SETTINGS]
-    if not settings.date_context:
-        return system or None
-    return with_date_context(system or None, zone or settings.default_timezone)
-
-
-async def _answer(
-    request: web.Request,
-    provider: Provider,
-    model_request: ModelRequest,
-    stream: bool,
-    store: StoreAnswer | None = None,
-    wire: WireFormat | None = None,
-) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    wire = wire or TypedEvents()
-    end = AnswerEnd(request, store)
-    if stream:
-        return await stream_answer(
-            request,
-            provider,
-            model_request,
-            wire,
-            end,
-            deadline=settings.request_timeout,
-            ping_interval=settings.keepalive_interval,
-            in_flight=request.app[IN_FLIGHT],
-        )
-    return await collect_answer(
-        provider, model_request, wire, end, deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT]
-    )
-
-
-def _require_models(request: web.Request) -> None:
-    if not request.app[CHAIN].models:
-        raise ApiError(503, "no_models_available", "No model is configured with credentials.")
-
-
-# The handlers turn the body into a `ModelRequest` in plain functions, so that neither the parsed
-# JSON nor the validated body stays referenced while the answer streams.
-
-
+@opens_answer
 async def generate(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    provider, model_request, stream = _generate_request(request, await read_json(request, settings.max_body_bytes))
-    with request.app[LIMITER].stream(client_of(request)):
-        return await _answer(request, provider, model_request, stream)
+    asked = _generate_request(request, await read_json(request, settings.max_body_bytes, settings.body_timeout))
+    return await answer(request, asked, TypedEvents())
 
 
-def _generate_request(request: web.Request, data: dict[str, Any]) -> tuple[Provider, ModelRequest, bool]:
+def _generate_request(request: web.Request, data: dict[str, Any]) -> Asked:
     settings = request.app[SETTINGS]
     body = validate(GenerateBody, data, settings)
     check_input(settings, 1, len(body.prompt) + len(body.system_prompt or ""))
-    provider = _chain_for(request, body.model)
-    _require_models(request)
     model_request = ModelRequest(
         messages=(Message("user", body.prompt),),
         max_tokens=body.max_tokens or settings.default_max_tokens,
-        system=_system_prompt(request, body.system_prompt, body.timezone),
+        system=system_prompt(request, body.system_prompt, body.timezone),
         temperature=body.temperature,
     )
-    return provider, model_request, body.stream
+    return Asked(chain_for(request, body.model), model_request, body.stream)
 
 
+@opens_answer
 async def chat(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    started = time.monotonic()
-    provider, model_request, thread, stream = _chat_request(request, await read_json(request, settings.max_body_bytes))
-    with request.app[LIMITER].stream(client_of(request)):
-        store = None
-        if thread is not None:
-            thread_id, user_id = thread
-            request_log(request)["thread_id"] = thread_id
-            turn = await begin_turn(request, thread_id, user_id, model_request.messages)
-            model_request = replace(model_request, messages=replay(turn.history) + model_request.messages)
-            store = store_answer(request, thread_id, turn.assistant_message_id, started + settings.request_timeout)
-        return await _answer(request, provider, model_request, stream, store)
+    asked = _chat_request(request, await read_json(request, settings.max_body_bytes, settings.body_timeout))
+    return await answer(request, asked, TypedEvents())
 
 
-def _chat_request(
-    request: web.Request, data: dict[str, Any]
-) -> tuple[Provider, ModelRequest, tuple[str, str | None] | None, bool]:
-    """The chain, the request for it (without stored history), the thread (id, user) if any, and
-    whether to stream."""
+def _chat_request(request: web.Request, data: dict[str, Any]) -> Asked:
     settings = request.app[SETTINGS]
     body = validate(ChatBody, data, settings)
     check_input(settings, len(body.messages), sum(len(m.content) for m in body.messages) + len(body.system or ""))
-    provider = _chain_for(request, body.model)
-    _require_models(request)
+    provider = chain_for(request, body.model)
     # `system` messages are folded into the system prompt, in order, after the `system` field.
     system_parts = [body.system] if body.system else []
     system_parts += [m.content for m in body.messages if m.role == "system"]
@@ -145,11 +68,10 @@ def _chat_request(
     model_request = ModelRequest(
         messages=messages,
         max_tokens=body.max_tokens or settings.default_max_tokens,
-        system=_system_prompt(request, "\n\n".join(system_parts), body.timezone),
+        system=system_prompt(request, "\n\n".join(system_parts), body.timezone),
         temperature=body.temperature,
     )
-    thread = (body.thread_id, body.user_id) if body.thread_id is not None else None
-    return provider, model_request, thread, body.stream
+    return Asked(provider, model_request, body.stream, body.thread_id, body.user_id)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -12,8 +12,10 @@ from aiohttp import web
 
 from service.errors import ApiError
 from service.app_keys import LIMITER, THREAD_OWNER
-from service.limits import client_of
+from service.limits import FailedLogins, client_of
 from service.settings import ApiKey, Settings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROTECTED_PREFIX = "/ai/"
 # Open like /health: load balancers that only route /ai/stream/ check this one.
@@ -25,7 +27,8 @@ def is_protected(path: str) -> bool:
 
 
 def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
+    # aiohttp keeps header bytes that are not UTF-8 as surrogate escapes: hash them as sent.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
 def find_key(digests: list[tuple[bytes, ApiKey]], presented: str) -> ApiKey | None:
@@ -44,6 +47,7 @@ def access_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamR
     its frame lives as long as each stream does)."""
     keys = [(_digest(key.key), key) for key in settings.api_keys]
     metrics_public = settings.metrics_public
+    failed_logins = FailedLogins(settings.auth_failures_per_minute)
 
     @web.middleware
     async def access(
@@ -56,12 +60,31 @@ def access_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamR
         api = is_protected(path)
         # No keys configured: open (only allowed on loopback or with AI_ALLOW_UNAUTHENTICATED).
         if keys and (api or (path == "/metrics" and not metrics_public)):
-            request[THREAD_OWNER] = _key_name(keys, request)
+            address = request.remote or "unknown"
+            failed_logins.check(address)
+            try:
+                request[THREAD_OWNER] = _key_name(keys, request)
+            except ApiError:
+                failed_logins.failed(address)
+                raise
         if api:
-            request.app[LIMITER].admit(client_of(request))
+            client = client_of(request)
+            limiter = request.app[LIMITER]
+            limiter.admit(client)
+            if getattr(request.match_info.handler, "opens_answer", False):
+                # The client's stream slot is taken before its body is read, so a slow body
+                # counts against its limit from the first byte.
+                with limiter.stream(client):
+                    return await handler(request)
         return await handler(request)
 
     return access
+
+
+def opens_answer(handler: Handler) -> Handler:
+    """Marks a route whose requests hold an open-stream slot for as long as they run."""
+    handler.opens_answer = True  # type: ignore[attr-defined]
+    return handler
 
 
 def _key_name(keys: list[tuple[bytes, ApiKey]], request: web.Request) -> str:

@@ -116,9 +116,15 @@ class Settings(BaseSettings):
     default_timezone: str = Field("UTC", validation_alias=AliasChoices("AI_DEFAULT_TIMEZONE", "default_timezone"))
     date_context: bool = Field(True, validation_alias=AliasChoices("AI_DATE_CONTEXT", "date_context"))
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=AliasChoices("AI_MAX_BODY_BYTES", "max_body_bytes"))
+    # A request body must arrive within this many seconds (a slow body holds a stream slot).
+    body_timeout: PositiveSeconds = Field(10.0, validation_alias=AliasChoices("AI_BODY_TIMEOUT", "body_timeout"))
 
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     history_limit: int = Field(50, ge=0, le=1000, validation_alias=AliasChoices("AI_HISTORY_LIMIT", "history_limit"))
+    # Characters of stored history replayed with a new turn (the turn itself included).
+    history_max_chars: int = Field(400_000, ge=1000, validation_alias=AliasChoices("AI_HISTORY_MAX_CHARS", "history_max_chars"))
+    # How often the text of answers in progress is written to their rows (what a crash can lose).
+    partial_flush_interval: PositiveSeconds = Field(1.0, validation_alias=AliasChoices("AI_PARTIAL_FLUSH_INTERVAL", "partial_flush_interval"))
     storage_check_interval: PositiveSeconds = Field(5.0, validation_alias=AliasChoices("AI_STORAGE_CHECK_INTERVAL", "storage_check_interval"))
     shutdown_write_timeout: PositiveSeconds = Field(10.0, validation_alias=AliasChoices("AI_SHUTDOWN_WRITE_TIMEOUT", "shutdown_write_timeout"))
 
@@ -128,9 +134,19 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("AI_CORS_ORIGINS", "cors_origins"))
     max_messages: int = Field(200, ge=1, validation_alias=AliasChoices("AI_MAX_MESSAGES", "max_messages"))
     max_input_chars: int = Field(400_000, ge=1, validation_alias=AliasChoices("AI_MAX_INPUT_CHARS", "max_input_chars"))
-    rate_limit_rpm: int = Field(600, ge=0, validation_alias=AliasChoices("AI_RATE_LIMIT_RPM", "rate_limit_rpm"))
-    max_concurrent_streams: int = Field(50, ge=0, validation_alias=AliasChoices("AI_MAX_CONCURRENT_STREAMS", "max_concurrent_streams"))
+    # Per client (key or address) limits are off by default: a backend puts all its users behind
+    # one key, and the total below already protects the process.
+    rate_limit_rpm: int = Field(0, ge=0, validation_alias=AliasChoices("AI_RATE_LIMIT_RPM", "rate_limit_rpm"))
+    max_concurrent_streams: int = Field(0, ge=0, validation_alias=AliasChoices("AI_MAX_CONCURRENT_STREAMS", "max_concurrent_streams"))
     max_total_streams: int = Field(1000, ge=0, validation_alias=AliasChoices("AI_MAX_TOTAL_STREAMS", "max_total_streams"))
+    # Per end user (a request's `user_id` under its key), for backends that forward their users.
+    user_rate_limit_rpm: int = Field(0, ge=0, validation_alias=AliasChoices("AI_USER_RATE_LIMIT_RPM", "user_rate_limit_rpm"))
+    user_max_concurrent_streams: int = Field(
+        0, ge=0, validation_alias=AliasChoices("AI_USER_MAX_CONCURRENT_STREAMS", "user_max_concurrent_streams")
+    )
+    auth_failures_per_minute: int = Field(
+        30, ge=0, validation_alias=AliasChoices("AI_AUTH_FAILURES_PER_MINUTE", "auth_failures_per_minute")
+    )
     cooldown_failures: int = Field(3, ge=1, validation_alias=AliasChoices("AI_COOLDOWN_FAILURES", "cooldown_failures"))
     cooldown_seconds: float = Field(30.0, ge=0, validation_alias=AliasChoices("AI_COOLDOWN_SECONDS", "cooldown_seconds"))
     workers: int = Field(1, ge=1, le=64, validation_alias=AliasChoices("AI_WORKERS", "workers"))

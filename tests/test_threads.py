@@ -142,7 +142,8 @@ async def test_answer_that_never_started_is_stored_empty_and_not_replayed(thread
     fake_upstream.reset()
     await chat(thread_client, turn("second"))
     sent = fake_upstream.requests_for("claude-primary")[0].body["messages"]
-    assert [m["content"] for m in sent] == ["first", "second"]
+    # The question that got no answer is not replayed: never two user turns in a row.
+    assert [(m["role"], m["content"]) for m in sent] == [("user", "second")]
 
 
 async def test_client_gone_keeps_partial_text_as_interrupted(thread_client, fake_upstream):

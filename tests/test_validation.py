@@ -97,11 +97,24 @@ async def test_body_that_is_not_a_json_object(client, fake_upstream, kwargs, sta
     assert fake_upstream.requests == []
 
 
-async def test_json_body_without_json_content_type_is_accepted(client):
-    # `curl -d '{...}'` sends form content type; a JSON body is still understood.
-    resp = await client.post(
-        "/ai/stream/generate", data=b'{"prompt": "hi"}', headers={"Content-Type": "application/x-www-form-urlencoded"}
-    )
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x", None]
+)
+async def test_json_sent_as_another_type_is_415(client, fake_upstream, content_type):
+    # The types a web page can send anywhere without a CORS preflight (and none at all) are
+    # refused, so another site cannot spend this service's tokens through a visitor's browser.
+    headers = {"Content-Type": content_type} if content_type else {}
+    resp = await client.post("/ai/stream/generate", data=b'{"prompt": "hi"}', headers=headers, skip_auto_headers=["Content-Type"])
+    assert resp.status == 415
+    body = await resp.json()
+    assert body["code"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in body["error"]
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "application/vnd.api+json"])
+async def test_json_content_types_are_accepted(client, content_type):
+    resp = await client.post("/ai/stream/generate", data=b'{"prompt": "hi"}', headers={"Content-Type": content_type})
     assert resp.status == 200
     assert (await resp.read()).endswith(b"}\n\n")
 

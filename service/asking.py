@@ -1,0 +1,113 @@
+"""From a validated request to its answer, the same for every route and wire format: the model
+chain to ask, the end user's limits, the stored thread, then the relay."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from aiohttp import web
+
+from providers.base import ModelRequest, Provider
+from service.answer import AnswerEnd, collect_answer, stream_answer
+from service.app_keys import CHAIN, IN_FLIGHT, REGISTRY, SETTINGS, USER_LIMITER
+from service.body import invalid
+from service.conversations import begin_turn, store_answer
+from service.datecontext import with_date_context
+from service.errors import ApiError, request_log
+from service.formats import WireFormat
+from service.history import fit_history
+from service.limits import end_user_of
+
+NO_MODELS = (
+    "No model is configured with credentials: set ANTHROPIC_API_KEY (or OPENAI_API_KEY for "
+    "OpenAI-compatible models) for a model of AI_MODELS."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a handler made of its body: the chain to ask, the request for it (the new turn
+    only; a thread's history is added here), whether to stream, and the thread, if any."""
+
+    provider: Provider
+    model_request: ModelRequest
+    stream: bool = True
+    thread_id: str | None = None
+    user_id: str | None = None
+
+
+def chain_for(request: web.Request, model: str | None) -> Provider:
+    """The fallback chain, started at the requested model when one is named."""
+    chain = request.app[CHAIN]
+    if model is None:
+        if not chain.models:
+            raise ApiError(503, "no_models_available", NO_MODELS)
+        return chain
+    registry = request.app[REGISTRY]
+    name = registry.resolve(model)
+    if name is None:
+        configured = ", ".join(info.name for info in registry.info)
+        raise invalid([{"field": "model", "message": f"model {model[:100]!r} is not configured; choose one of: {configured}"}])
+    # A configured model without credentials is skipped: start at the next usable one after it.
+    usable = {m.name for m in chain.models}
+    names = [info.name for info in registry.info]
+    for candidate in names[names.index(name) :]:
+        if candidate in usable:
+            return chain.starting_at(candidate)
+    raise ApiError(503, "no_models_available", "No model from the requested one on is configured with credentials.")
+
+
+def system_prompt(request: web.Request, system: str | None, zone: str | None) -> str | None:
+    settings = request.app[SETTINGS]
+    if not settings.date_context:
+        return system or None
+    return with_date_context(system or None, zone or settings.default_timezone)
+
+
+async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.StreamResponse:
+    """Answer `asked` in `wire`'s format (the client's own stream slot is already held: see
+    `service.security.opens_answer`)."""
+    settings = request.app[SETTINGS]
+    started = time.monotonic()
+    user_limiter = request.app[USER_LIMITER]
+    end_user = end_user_of(request, asked.user_id) if asked.user_id is not None else None
+    if end_user is not None:
+        user_limiter.admit(end_user)
+    with user_limiter.stream(end_user) if end_user is not None else _NO_SLOT:
+        model_request = asked.model_request
+        store = None
+        if asked.thread_id is not None:
+            request_log(request)["thread_id"] = asked.thread_id
+            turn = await begin_turn(request, asked.thread_id, asked.user_id, model_request.messages)
+            messages = fit_history(turn.history, model_request.messages, model_request.system, settings.history_max_chars)
+            model_request = replace(model_request, messages=messages)
+            store = store_answer(request, asked.thread_id, turn.assistant_message_id, started + settings.request_timeout)
+        end = AnswerEnd(request, store)
+        if asked.stream:
+            return await stream_answer(
+                request,
+                asked.provider,
+                model_request,
+                wire,
+                end,
+                deadline=settings.request_timeout,
+                ping_interval=settings.keepalive_interval,
+                in_flight=request.app[IN_FLIGHT],
+            )
+        return await collect_answer(
+            asked.provider, model_request, wire, end, deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT]
+        )
+
+
+class _NoSlot:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_SLOT = _NoSlot()
