@@ -137,11 +137,13 @@ async def stream_answer(
     deadline: float,
     ping_interval: float,
     in_flight: MutableSet[Cutoff],
+    outcome: Outcome | None = None,
 ) -> EventStream:
-    """Stream the answer in `wire`'s format. Once the headers are out, nothing that raises
-    (short of the client leaving) ends the stream without its terminal event."""
+    """Stream the answer in `wire`'s format (into `outcome`, when the caller keeps it). Once
+    the headers are out, nothing that raises (short of the client leaving) ends the stream
+    without its terminal event."""
     response = EventStream(ping_interval=ping_interval, keepalive=wire.keepalive, headers=wire.headers)
-    outcome = Outcome()
+    outcome = outcome if outcome is not None else Outcome()
     cutoff = Cutoff()
     in_flight.add(cutoff)
 
@@ -196,9 +198,10 @@ async def collect_answer(
     *,
     deadline: float,
     in_flight: MutableSet[Cutoff],
+    outcome: Outcome | None = None,
 ) -> web.Response:
     """The whole answer at once, for `stream: false`, as `wire`'s JSON body."""
-    outcome = Outcome()
+    outcome = outcome if outcome is not None else Outcome()
     cutoff = Cutoff()
     in_flight.add(cutoff)
     try:

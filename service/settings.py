@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     history_limit: int = Field(50, ge=0, le=1000, validation_alias=AliasChoices("AI_HISTORY_LIMIT", "history_limit"))
     # Characters of stored history replayed with a new turn (the turn itself included).
     history_max_chars: int = Field(400_000, ge=1000, validation_alias=AliasChoices("AI_HISTORY_MAX_CHARS", "history_max_chars"))
+    # A process that has not heart-beaten (every AI_STORAGE_CHECK_INTERVAL) for this long is taken
+    # for dead, and the answers it left `pending` are closed as `interrupted`.
+    writer_stale_after: float = Field(30.0, ge=1, validation_alias=AliasChoices("AI_WRITER_STALE_AFTER", "writer_stale_after"))
     # How often the text of answers in progress is written to their rows (what a crash can lose).
     partial_flush_interval: PositiveSeconds = Field(1.0, validation_alias=AliasChoices("AI_PARTIAL_FLUSH_INTERVAL", "partial_flush_interval"))
     storage_check_interval: PositiveSeconds = Field(5.0, validation_alias=AliasChoices("AI_STORAGE_CHECK_INTERVAL", "storage_check_interval"))
