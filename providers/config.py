@@ -153,6 +153,10 @@ def load_catalog(
             known = ", ".join(sorted(endpoints))
             source = chain_source or (entry.name if entry is not None else Source("AI_MODELS"))
             raise source.problem(f"unknown endpoint {spec.endpoint[:64]!r} in {spec[:100]!r} (known: {known})")
+        if options.get("max_tokens_limit", 0) > max_tokens_limit:
+            raise entry.limit.problem(  # type: ignore[union-attr]  (only a file entry sets options)
+                f"max_tokens_limit of {spec[:100]!r} must not exceed AI_MAX_TOKENS_LIMIT ({max_tokens_limit})"
+            )
         model_options = ModelOptions(
             first_token_timeout=options.get("first_token_timeout", first_token_timeout),
             max_tokens_limit=options.get("max_tokens_limit", max_tokens_limit),
@@ -177,6 +181,7 @@ class Entry:
     options: dict[str, Any]
     name: Source
     alias: Source
+    limit: Source
 
 
 def _env_endpoints(environ: Mapping[str, str]) -> dict[str, Fields]:
@@ -308,7 +313,9 @@ def _file_models(file: ConfigFile, entries: Any) -> list[tuple[str, Entry]]:
                 if problem:
                     raise file.key_source(line, key).problem(f"{key} of {spec[:100]!r} {problem}")
                 options[key] = entry[key]
-        found.append((str(spec), Entry(options, file.key_source(line, "name"), file.key_source(line, "alias"))))
+        found.append((str(spec), Entry(
+            options, file.key_source(line, "name"), file.key_source(line, "alias"), file.key_source(line, "max_tokens_limit")
+        )))
     return found
 
 
