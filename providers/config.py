@@ -133,39 +133,27 @@ def load_catalog(
         fields.setdefault(name, {}).update(values)
     endpoints = {name: _endpoint(name, fields.get(name, {})) for name in {*BUILTIN_ENDPOINTS, *fields}}
 
-    entries = _file_models(file, data.get("models", [])) if file is not None else []
+    entries = dict(_file_models(file, data.get("models", []))) if file is not None else {}
     if models is not None:
         chain, chain_source = list(models), Source("AI_MODELS")
-        for spec, entry in entries:
+        for spec, unused in entries.items():
             if spec not in chain:
-                raise entry.name.problem(f"model {spec[:100]!r} is not in AI_MODELS")
+                raise unused.name.problem(f"model {spec[:100]!r} is not in AI_MODELS")
     elif entries:
-        chain, chain_source = [spec for spec, _ in entries], None
+        chain, chain_source = list(entries), None
     else:
         chain, chain_source = list(default_models), Source("AI_MODELS")
-    options_of = dict(entries)
     infos: list[ModelInfo] = []
     for spec in parse_models(chain):
-        entry = options_of.get(spec)
-        options = entry.options if entry is not None else {}
+        entry = entries.get(spec)
         endpoint = endpoints.get(spec.endpoint)
         if endpoint is None:
-            known = ", ".join(sorted(endpoints))
             source = chain_source or (entry.name if entry is not None else Source("AI_MODELS"))
+            known = ", ".join(sorted(endpoints))
             raise source.problem(f"unknown endpoint {spec.endpoint[:64]!r} in {spec[:100]!r} (known: {known})")
-        if options.get("max_tokens_limit", 0) > max_tokens_limit:
-            raise entry.limit.problem(  # type: ignore[union-attr]  (only a file entry sets options)
-                f"max_tokens_limit of {spec[:100]!r} must not exceed AI_MAX_TOKENS_LIMIT ({max_tokens_limit})"
-            )
-        model_options = ModelOptions(
-            first_token_timeout=options.get("first_token_timeout", first_token_timeout),
-            max_tokens_limit=options.get("max_tokens_limit", max_tokens_limit),
-            temperature=options.get("temperature", True),
-            history_token_budget=options.get("history_token_budget"),
-            alias=options.get("alias"),
-        )
-        infos.append(ModelInfo(str(spec), endpoint, spec.model, model_options))
-    _check_aliases(infos, options_of)
+        defaults = ModelOptions(first_token_timeout, max_tokens_limit)
+        infos.append(ModelInfo(str(spec), endpoint, spec.model, _options(spec, entry, defaults)))
+    _check_aliases(infos, entries)
     used = {info.endpoint.name for info in infos}
     listed = tuple(e for e in endpoints.values() if e.name in used or not e.builtin)
     return ModelCatalog(tuple(sorted(listed, key=lambda e: e.name)), tuple(infos))
@@ -317,6 +305,23 @@ def _file_models(file: ConfigFile, entries: Any) -> list[tuple[str, Entry]]:
             options, file.key_source(line, "name"), file.key_source(line, "alias"), file.key_source(line, "max_tokens_limit")
         )))
     return found
+
+
+def _options(spec: str, entry: Entry | None, defaults: ModelOptions) -> ModelOptions:
+    if entry is None:
+        return defaults
+    options = entry.options
+    if options.get("max_tokens_limit", 0) > defaults.max_tokens_limit:
+        raise entry.limit.problem(
+            f"max_tokens_limit of {spec[:100]!r} must not exceed AI_MAX_TOKENS_LIMIT ({defaults.max_tokens_limit})"
+        )
+    return ModelOptions(
+        first_token_timeout=options.get("first_token_timeout", defaults.first_token_timeout),
+        max_tokens_limit=options.get("max_tokens_limit", defaults.max_tokens_limit),
+        temperature=options.get("temperature", True),
+        history_token_budget=options.get("history_token_budget"),
+        alias=options.get("alias"),
+    )
 
 
 def _positive_number(value: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -427,3 +428,38 @@ async def test_a_bad_configuration_stops_the_start_with_one_line(tmp_path, env, 
     lines = stderr.decode().strip().splitlines()
     assert len(lines) == 1, stderr.decode()
     assert lines[0].startswith("ai-stream: " + expected.format(path=tmp_path / "ai-stream.toml")), lines[0]
+
+
+def _readme_block(language: str, containing: str) -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", readme, re.S)
+    (block,) = [b for b in blocks if containing in b]
+    return block
+
+
+CHAIN = ["anthropic/claude-sonnet-4-5", "openai/gpt-5-mini", "local/qwen3-8b", "openrouter/meta-llama/llama-4"]
+
+
+def test_the_readme_chain_configured_by_variables_alone(monkeypatch):
+    for line in _readme_block("sh", "AI_ENDPOINT_LOCAL_API").strip().splitlines():
+        name, _, value = line.partition("=")
+        monkeypatch.setenv(name, value)
+    catalog = load_settings().catalog
+    assert [m.name for m in catalog.models] == CHAIN
+    assert [(e.name, e.api, e.has_credentials) for e in catalog.endpoints] == [
+        ("anthropic", "anthropic", True), ("local", "openai", True), ("openai", "openai", True), ("openrouter", "openai", True)
+    ]
+    (router,) = [e for e in catalog.endpoints if e.name == "openrouter"]
+    assert dict(router.headers) == {"HTTP-Referer": "https://app.example.com", "X-Title": "Example"}
+
+
+def test_the_readme_chain_configured_by_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("AI_CONFIG", str(write_config(tmp_path, _readme_block("toml", "[endpoints.local]"))))
+    catalog = load_settings(anthropic_api_key="sk-ant-x", openai_api_key="sk-x").catalog
+    assert [m.name for m in catalog.models] == CHAIN
+    local = catalog.resolve("qwen3-8b")
+    assert local is not None and (local.options.first_token_timeout, local.options.max_tokens_limit) == (60, 4096)
+    assert catalog.resolve("sonnet").name == "anthropic/claude-sonnet-4-5"
+    assert catalog.resolve("meta-llama/llama-4").options.temperature is False
+    (router,) = [e for e in catalog.endpoints if e.name == "openrouter"]
+    assert not router.has_credentials and dict(router.headers)["X-Title"] == "Example"
