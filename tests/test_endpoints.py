@@ -463,3 +463,14 @@ def test_the_readme_chain_configured_by_the_file(monkeypatch, tmp_path):
     assert catalog.resolve("meta-llama/llama-4").options.temperature is False
     (router,) = [e for e in catalog.endpoints if e.name == "openrouter"]
     assert not router.has_credentials and dict(router.headers)["X-Title"] == "Example"
+
+
+def test_endpoint_variables_are_read_from_the_dotenv_file_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "AI_MODELS=local/qwen3-8b\nAI_ENDPOINT_LOCAL_API=openai\n"
+        "AI_ENDPOINT_LOCAL_BASE_URL=http://127.0.0.1:9/v1\nAI_ENDPOINT_LOCAL_API_KEY=from-dotenv\n"
+    )
+    monkeypatch.setenv("AI_ENDPOINT_LOCAL_API_KEY", "from-environment")  # the environment wins, as for every setting
+    (endpoint,) = load_settings().catalog.endpoints
+    assert (endpoint.name, endpoint.base_url, endpoint.api_key) == ("local", "http://127.0.0.1:9/v1", "from-environment")
