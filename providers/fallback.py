@@ -2,13 +2,18 @@
 
 An attempt may be abandoned for the next model only before any of its text was yielded; once
 text has gone out, a failure ends the stream (nothing is repeated or silently switched).
+
+Each model may have its own options (`ModelOptions`): its first-token timeout, and what it is
+sent: a request's `max_tokens` above the model's `max_tokens_limit` is lowered to it, and its
+temperature is left out for a model that takes none.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 
 from providers.base import (
     AttemptFailed,
@@ -18,6 +23,7 @@ from providers.base import (
     StreamEvent,
 )
 from providers.circuit import Circuit
+from providers.endpoints import ModelOptions
 
 # When models fail differently, the client hears about the most transient failure: these
 # tiers first, and within a tier the last model's.
@@ -36,9 +42,11 @@ class FallbackChain:
         cooldown_failures: int = 3,
         cooldown_seconds: float = 30.0,
         circuits: dict[str, Circuit] | None = None,
+        options: Mapping[str, ModelOptions] | None = None,
     ) -> None:
         self.models = tuple(models)
-        self.first_token_timeout = first_token_timeout
+        self.first_token_timeout = first_token_timeout  # for a model without options of its own
+        self.options = dict(options or {})
         self.retry_after_max = retry_after_max
         # Shared by every view of the chain (see `starting_at`): one circuit per model.
         self.circuits = circuits if circuits is not None else {
@@ -53,7 +61,19 @@ class FallbackChain:
             first_token_timeout=self.first_token_timeout,
             retry_after_max=self.retry_after_max,
             circuits=self.circuits,
+            options=self.options,
         )
+
+    def _for_model(self, model: Provider, request: ModelRequest) -> tuple[float, ModelRequest]:
+        """The first-token timeout for `model`, and the request as that model is sent it."""
+        options = self.options.get(model.name)
+        if options is None:
+            return self.first_token_timeout, request
+        if request.max_tokens > options.max_tokens_limit:
+            request = replace(request, max_tokens=options.max_tokens_limit)
+        if not options.temperature and request.temperature is not None:
+            request = replace(request, temperature=None)
+        return options.first_token_timeout, request
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         errors: list[ProviderError] = []
@@ -82,13 +102,14 @@ class FallbackChain:
         """One model: its events, or (before any text) a failure recorded in `errors`.
         A failure after text, or one that another model cannot fix, is raised."""
         circuit = self.circuits[model.name]
+        first_token_timeout, request = self._for_model(model, request)
         verdict = False
         retried = False
         try:
             while True:
                 started = False
                 try:
-                    async with asyncio.timeout(self.first_token_timeout) as first_token:
+                    async with asyncio.timeout(first_token_timeout) as first_token:
                         async with aclosing(model.stream(request)) as events:
                             async for event in events:
                                 if not started:
