@@ -154,6 +154,20 @@ class Store(Protocol):
 LEGACY_PENDING_AFTER = 900.0
 
 
+def scoped_thread_id(owner: Owner, thread_id: str) -> str:
+    """The stored id of the thread `owner` calls `thread_id`.
+
+    Thread ids are namespaced by owner: two owners (API key name plus `user_id`) using the same
+    id have two threads, so no owner can claim, block or probe for another's id. Unambiguous:
+    a key name holds no `/` and a thread id holds none either, whatever the user id holds."""
+    return f"{owner.key_name}/{owner.user_id or ''}/{thread_id}"
+
+
+def client_thread_id(stored_id: str) -> str:
+    """The id the owner knows a stored thread by (the inverse of `scoped_thread_id`)."""
+    return stored_id.rsplit("/", 1)[-1]
+
+
 def new_message_id() -> str:
     return "msg_" + uuid.uuid4().hex
 

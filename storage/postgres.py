@@ -29,8 +29,10 @@ from .base import (
     check_finish_status,
     check_limit,
     check_new_messages,
+    client_thread_id,
     clean_text,
     new_message_id,
+    scoped_thread_id,
     turn_rows,
 )
 from .migrate import load_migrations, pending_migrations
@@ -117,7 +119,9 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 def _to_message(row: asyncpg.Record) -> StoredMessage:
     # asyncpg returns timestamptz as an aware datetime in UTC.
-    return StoredMessage(**dict(row.items()))
+    fields = dict(row.items())
+    fields["thread_id"] = client_thread_id(fields["thread_id"])
+    return StoredMessage(**fields)
 
 
 def _affected_rows(status: str) -> int:
@@ -232,6 +236,7 @@ class PostgresStore:
         writer: str | None = None,
     ) -> Turn:
         check_limit("history_limit", history_limit)
+        thread_id = scoped_thread_id(owner, thread_id)
         new_messages = check_new_messages(messages)
         user_ids = [new_message_id() for _ in new_messages]
         assistant_id = assistant_message_id or new_message_id()
@@ -299,6 +304,7 @@ class PostgresStore:
         self, thread_id: str, owner: Owner, *, limit: int = 50, before: str | None = None
     ) -> list[StoredMessage]:
         check_limit("limit", limit)
+        thread_id = scoped_thread_id(owner, thread_id)
         async with self._connection() as conn:
             thread = await conn.fetchrow(SELECT_THREAD_OWNER, thread_id)
             if thread is None or not owner.matches(thread["key_name"], thread["user_id"]):
@@ -312,6 +318,7 @@ class PostgresStore:
         return [_to_message(row) for row in rows]
 
     async def delete_thread(self, thread_id: str, owner: Owner) -> None:
+        thread_id = scoped_thread_id(owner, thread_id)
         # Messages go with the thread (ON DELETE CASCADE).
         async with self._connection() as conn:
             result = await conn.execute(DELETE_THREAD, thread_id, owner.key_name, owner.user_id)

@@ -30,8 +30,10 @@ from .base import (
     check_finish_status,
     check_limit,
     check_new_messages,
+    client_thread_id,
     clean_text,
     new_message_id,
+    scoped_thread_id,
     turn_rows,
 )
 from .migrate import load_migrations, pending_migrations, split_statements
@@ -108,8 +110,8 @@ def _now() -> str:
 
 
 def _to_message(row: sqlite3.Row | tuple) -> StoredMessage:
-    *fields, created_at = row
-    return StoredMessage(*fields, created_at=datetime.fromisoformat(created_at))
+    message_id, thread_id, *fields, created_at = row
+    return StoredMessage(message_id, client_thread_id(thread_id), *fields, created_at=datetime.fromisoformat(created_at))
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
@@ -251,6 +253,7 @@ class SqliteStore:
         writer: str | None = None,
     ) -> Turn:
         check_limit("history_limit", history_limit)
+        thread_id = scoped_thread_id(owner, thread_id)
         new_messages = check_new_messages(messages)
         user_ids = [new_message_id() for _ in new_messages]
         assistant_id = assistant_message_id or new_message_id()
@@ -312,6 +315,7 @@ class SqliteStore:
         self, thread_id: str, owner: Owner, *, limit: int = 50, before: str | None = None
     ) -> list[StoredMessage]:
         check_limit("limit", limit)
+        thread_id = scoped_thread_id(owner, thread_id)
         async with self._connection() as conn:
             threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
             if not threads or not owner.matches(*threads[0]):
@@ -326,6 +330,7 @@ class SqliteStore:
         return [_to_message(row) for row in rows]
 
     async def delete_thread(self, thread_id: str, owner: Owner) -> None:
+        thread_id = scoped_thread_id(owner, thread_id)
         # Messages go with the thread (ON DELETE CASCADE, foreign_keys is on).
         async with self._connection() as conn:
             cursor = await conn.execute(DELETE_THREAD, (thread_id, owner.key_name, owner.user_id))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from storage import (
@@ -19,6 +21,7 @@ from storage import (
     Turn,
     create_store,
 )
+from storage.base import scoped_thread_id
 from storage.migrate import load_migrations, split_statements
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
@@ -161,11 +164,13 @@ OTHER_OWNERS = [
 async def test_other_owner_sees_thread_as_missing(store: Store, intruder: Owner) -> None:
     await qa(store, "t", "secret question", "secret answer")
     with pytest.raises(ThreadNotFound):
-        await ask(store, "t", "let me in", owner=intruder)
-    with pytest.raises(ThreadNotFound):
         await store.list_messages("t", intruder)
     with pytest.raises(ThreadNotFound):
         await store.delete_thread("t", intruder)
+    # Thread ids are namespaced by owner: the same id is another owner's own, separate thread.
+    theirs = await ask(store, "t", "let me in", owner=intruder)
+    assert theirs.history == []
+    assert contents(await store.list_messages("t", intruder)) == ["let me in", ""]
     assert contents(await store.list_messages("t", OWNER)) == ["secret question", "secret answer"]
 
 
@@ -197,7 +202,7 @@ async def test_delete_removes_thread_and_messages(
     with pytest.raises(ThreadNotFound):
         await store.delete_thread("t", OWNER)
     per_thread = "SELECT thread_id, count(*) FROM messages GROUP BY thread_id"
-    assert await store_target.fetch(per_thread) == [("kept", 2)]
+    assert await store_target.fetch(per_thread) == [(scoped_thread_id(OWNER, "kept"), 2)]
     # A stream still running when its thread was deleted cannot write into the void.
     assert not await finish(store, turn.assistant_message_id, "too late")
     # The id is free again: anyone may start a new thread under it, numbered from 1.
@@ -445,3 +450,46 @@ def test_split_statements_respects_literals_comments_and_triggers() -> None:
     assert statements[0].endswith("DEFAULT 'semi;colon');")
     assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
     assert statements[2].startswith("INSERT INTO a VALUES ('last')")
+
+
+async def test_threads_written_before_owner_namespaces_stay_their_owners(fresh_target: StoreTarget) -> None:
+    """A database at migration 1 (thread ids global) migrates to ids namespaced by owner: every
+    thread stays its owner's, under the id the owner knows it by, and takes new turns."""
+    first = load_migrations(fresh_target.backend)[0]
+    rows = [
+        "INSERT INTO threads (id, key_name, user_id, created_at) VALUES ('old', 'key-a', 'user-1', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO messages (id, thread_id, seq, role, content, status, created_at) VALUES "
+        "('msg_1', 'old', 1, 'user', 'q', 'complete', '2026-01-01T00:00:00+00:00'), "
+        "('msg_2', 'old', 2, 'assistant', 'a', 'complete', '2026-01-01T00:00:01+00:00')",
+        "INSERT INTO threads (id, key_name, user_id, created_at) VALUES ('anon', 'key-a', NULL, '2026-01-01T00:00:00+00:00')",
+    ]
+    if fresh_target.backend == "sqlite":
+        path = fresh_target.url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            conn.executescript(first.sql)
+            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, '2026-01-01')", (first.version, first.name))
+            for sql in rows:
+                conn.execute(sql)
+        conn.close()
+    else:
+        conn = await asyncpg.connect(fresh_target.url)
+        try:
+            await conn.execute(first.sql)
+            await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", first.version, first.name)
+            for sql in rows:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+    migrated = fresh_target.new_store()
+    await migrated.open()
+    try:
+        assert contents(await migrated.list_messages("old", OWNER)) == ["q", "a"]
+        with pytest.raises(ThreadNotFound):
+            await migrated.list_messages("old", Owner("key-a", None))
+        turn = await ask(migrated, "old", "q2")
+        assert contents(turn.history) == ["q", "a"]
+        assert contents(await migrated.list_messages("anon", Owner("key-a", None))) == []
+    finally:
+        await migrated.close()

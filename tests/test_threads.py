@@ -72,15 +72,27 @@ async def test_history_limit_keeps_the_newest_and_starts_at_a_user_turn(make_cli
 async def test_thread_owned_by_a_user_is_invisible_to_others(thread_client, fake_upstream):
     await chat(thread_client, turn("secret plan", user_id="alice"))
     for user in ("bob", None):
-        body = turn("let me in", **({"user_id": user} if user else {}))
-        resp = await thread_client.post("/ai/stream/chat", json=body)
-        assert resp.status == 404 and (await resp.json())["code"] == "not_found"
         params = {"user_id": user} if user else {}
         assert (await thread_client.get("/ai/threads/t-1/messages", params=params)).status == 404
         assert (await thread_client.delete("/ai/threads/t-1", params=params)).status == 404
-    assert len(fake_upstream.requests) == 1  # refused before any upstream call
+    assert len(fake_upstream.requests) == 1
     page = await messages(thread_client, user_id="alice")
     assert [m["content"] for m in page["messages"]] == ["secret plan", "Hello, world!"]
+
+
+async def test_thread_ids_are_namespaced_by_owner(thread_client, fake_upstream):
+    # Another owner using the same id gets a thread of its own: it can neither read, block nor
+    # probe for alice's (a 404 for "taken" would tell it the id is in use).
+    await chat(thread_client, turn("secret plan", user_id="alice"))
+    await chat(thread_client, turn("let me in", user_id="bob"))
+    sent = fake_upstream.requests_for("claude-primary")[1].body["messages"]
+    assert sent == [{"role": "user", "content": "let me in"}]
+    bobs = await messages(thread_client, user_id="bob")
+    assert [m["content"] for m in bobs["messages"]] == ["let me in", "Hello, world!"]
+    alices = await messages(thread_client, user_id="alice")
+    assert [m["content"] for m in alices["messages"]] == ["secret plan", "Hello, world!"]
+    assert (await thread_client.delete("/ai/threads/t-1", params={"user_id": "bob"})).status == 204
+    assert len((await messages(thread_client, user_id="alice"))["messages"]) == 2
 
 
 async def test_paging_with_limit_and_before(thread_client):

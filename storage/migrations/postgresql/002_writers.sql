@@ -8,3 +8,12 @@ CREATE TABLE writers (
 );
 -- Finding the pending rows is cheap however long the table grows.
 CREATE INDEX messages_pending_idx ON messages (writer) WHERE status = 'pending';
+
+-- Thread ids are namespaced by owner (storage.base.scoped_thread_id): a thread is stored under
+-- "<key name>/<user id or empty>/<the client's id>", so two owners never share an id.
+ALTER TABLE messages DROP CONSTRAINT messages_thread_id_fkey;
+UPDATE messages AS m SET thread_id = t.key_name || '/' || COALESCE(t.user_id, '') || '/' || t.id
+FROM threads AS t WHERE m.thread_id = t.id;
+UPDATE threads SET id = key_name || '/' || COALESCE(user_id, '') || '/' || id;
+ALTER TABLE messages ADD CONSTRAINT messages_thread_id_fkey
+    FOREIGN KEY (thread_id) REFERENCES threads (id) ON DELETE CASCADE;

@@ -6,3 +6,11 @@ CREATE TABLE writers (
     heartbeat_at  TEXT NOT NULL
 );
 CREATE INDEX messages_pending_idx ON messages (writer) WHERE status = 'pending';
+
+-- Thread ids are namespaced by owner (storage.base.scoped_thread_id), as in PostgreSQL. The
+-- foreign key is checked at commit, once both tables carry the new ids.
+PRAGMA defer_foreign_keys = ON;
+UPDATE messages SET thread_id = (
+    SELECT t.key_name || '/' || COALESCE(t.user_id, '') || '/' || t.id FROM threads AS t WHERE t.id = messages.thread_id
+);
+UPDATE threads SET id = key_name || '/' || COALESCE(user_id, '') || '/' || id;
