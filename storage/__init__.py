@@ -16,6 +16,8 @@ from .base import (
     Store,
     StoredMessage,
     ThreadNotFound,
+    ThreadPosition,
+    ThreadSummary,
     Turn,
 )
 
@@ -27,6 +29,8 @@ __all__ = [
     "Store",
     "StoredMessage",
     "ThreadNotFound",
+    "ThreadPosition",
+    "ThreadSummary",
     "Turn",
     "create_store",
 ]
