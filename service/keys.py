@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from service.metrics import Metrics
     from service.relay import Cutoff
     from service.settings import Settings
+    from service.status import RecentActivity
     from service.storage_state import StorageState
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -24,6 +25,8 @@ CHAIN: web.AppKey[FallbackChain] = web.AppKey("chain")
 IN_FLIGHT: web.AppKey[weakref.WeakSet[Cutoff]] = web.AppKey("in_flight")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# A few minutes of answer totals for the status page (fed by Metrics.record_answer).
+ACTIVITY: web.AppKey[RecentActivity] = web.AppKey("activity")
 STORAGE: web.AppKey[StorageState] = web.AppKey("storage")
 # Answers being written to the store; shutdown waits for them before closing it.
 PENDING_WRITES: web.AppKey[set[asyncio.Task[bool]]] = web.AppKey("pending_writes")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, MutableSet
+from collections.abc import Awaitable, Callable, MutableSet, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,14 +93,17 @@ class Outcome:
         return fields
 
 
-def done_payload(finish: Finish) -> dict[str, Any]:
-    return {
+def done_payload(finish: Finish, attempts: Sequence[AttemptFailed] = ()) -> dict[str, Any]:
+    payload: dict[str, Any] = {
         "type": "done",
         "model": finish.model,
         "provider": finish.provider,
         "stop_reason": finish.stop_reason,
         "usage": {"input_tokens": finish.usage.input_tokens, "output_tokens": finish.usage.output_tokens},
     }
+    if attempts:  # only after a fallback: the attempts that failed before this model answered
+        payload["attempts"] = [{"model": a.model, "code": a.code} for a in attempts]
+    return payload
 
 
 def error_payload(code: str, message: str) -> dict[str, Any]:
@@ -173,7 +176,7 @@ async def stream_answer(
         await response.prepare(request)
         await _consume(cutoff, deadline, provider, model_request, outcome, send_text)
         if outcome.finish is not None:
-            payload = done_payload(outcome.finish)
+            payload = done_payload(outcome.finish, outcome.attempts)
             payload.update(await end())
         else:
             if outcome.error is None:

@@ -88,7 +88,7 @@ async def _answer(
     if outcome.finish is None:
         assert outcome.error is not None
         return web.json_response({"error": outcome.error.message, "code": outcome.error.code, "details": []}, status=status)
-    done = done_payload(outcome.finish)
+    done = done_payload(outcome.finish, outcome.attempts)
     del done["type"]
     return web.json_response({"text": "".join(outcome.text), **done, **stored})
 
