@@ -7,7 +7,6 @@ per-interval totals in a ring buffer, updated once when an answer ends, never pe
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,27 +20,18 @@ INTERVAL_SECONDS = 10.0
 INTERVALS = 30  # five minutes
 
 
-@dataclass(slots=True)
-class _Totals:
-    index: int  # which interval: floor(time / interval length)
-    answers: int = 0
-    errors: int = 0  # answers that ended in an error event (or error status)
-    fallbacks: int = 0  # failed attempts handed over to another model (or retried)
-    ttft_total_ms: float = 0.0
-    ttft_count: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class IntervalStats:
     start: float  # Unix time at which the interval begins
     answers: int
-    errors: int
-    fallbacks: int
+    errors: int  # answers that ended in an error (not counting clients that left)
+    fallbacks: int  # failed attempts handed over to another model (or retried)
     ttft_ms: float | None  # mean time to first token of the answers that had text
 
 
 class RecentActivity:
-    """Totals per `interval` seconds for the last `intervals` intervals."""
+    """Totals per `interval` seconds for the last `intervals` intervals, in fixed slots that are
+    reused as time moves on (nothing is allocated per answer or per interval)."""
 
     def __init__(
         self,
@@ -52,39 +42,50 @@ class RecentActivity:
         self.interval = interval
         self.intervals = intervals
         self.clock = clock
-        self._totals: deque[_Totals] = deque(maxlen=intervals)
+        # Slot i holds interval number `_number[i]` (floor(time / interval)), -1 when unused.
+        self._number = [-1] * intervals
+        self._answers = [0] * intervals
+        self._errors = [0] * intervals
+        self._fallbacks = [0] * intervals
+        self._ttft_total = [0.0] * intervals
+        self._ttft_count = [0] * intervals
 
-    def _current(self) -> _Totals:
-        index = int(self.clock() // self.interval)
-        if not self._totals or self._totals[-1].index != index:
-            self._totals.append(_Totals(index))
-        return self._totals[-1]
+    def _slot(self, number: int) -> int:
+        slot = number % self.intervals
+        if self._number[slot] != number:  # an interval that has left the window: start it afresh
+            self._number[slot] = number
+            self._answers[slot] = self._errors[slot] = self._fallbacks[slot] = self._ttft_count[slot] = 0
+            self._ttft_total[slot] = 0.0
+        return slot
 
     def record(self, outcome: Outcome) -> None:
         """One answer ended, however it ended."""
-        totals = self._current()
-        totals.answers += 1
-        totals.fallbacks += len(outcome.attempts)
+        slot = self._slot(int(self.clock() // self.interval))
+        self._answers[slot] += 1
+        self._fallbacks[slot] += len(outcome.attempts)
         if outcome.finish is None and not outcome.client_gone:
-            totals.errors += 1
+            self._errors[slot] += 1
         if outcome.first_token_ms is not None:
-            totals.ttft_total_ms += outcome.first_token_ms
-            totals.ttft_count += 1
+            self._ttft_total[slot] += outcome.first_token_ms
+            self._ttft_count[slot] += 1
 
     def snapshot(self) -> list[IntervalStats]:
         """Every interval of the window, oldest first, the current one last (idle ones as zeros)."""
-        now_index = int(self.clock() // self.interval)
-        kept = {totals.index: totals for totals in self._totals}
+        now = int(self.clock() // self.interval)
         stats = []
-        for index in range(now_index - self.intervals + 1, now_index + 1):
-            totals = kept.get(index) or _Totals(index)
+        for number in range(now - self.intervals + 1, now + 1):
+            slot = number % self.intervals
+            if self._number[slot] != number:
+                stats.append(IntervalStats(number * self.interval, 0, 0, 0, None))
+                continue
+            count = self._ttft_count[slot]
             stats.append(
                 IntervalStats(
-                    start=index * self.interval,
-                    answers=totals.answers,
-                    errors=totals.errors,
-                    fallbacks=totals.fallbacks,
-                    ttft_ms=round(totals.ttft_total_ms / totals.ttft_count, 1) if totals.ttft_count else None,
+                    start=number * self.interval,
+                    answers=self._answers[slot],
+                    errors=self._errors[slot],
+                    fallbacks=self._fallbacks[slot],
+                    ttft_ms=round(self._ttft_total[slot] / count, 1) if count else None,
                 )
             )
         return stats
