@@ -13,13 +13,16 @@ from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
 from service.conversations import add_thread_routes
 from service.errors import add_request_id, request_middleware
-from service.app_keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, USER_LIMITER
+from service.app_keys import ACTIVITY, CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, USER_LIMITER
 from service.limits import RateLimiter
 from service.metrics import Metrics
+from service.playground import add_playground_routes
 from service.routes import add_routes
 from service.security import access_middleware, setup_cors
 from service.settings import Settings
+from service.status import RecentActivity, add_status_routes
 from service.storage_state import storage_context
+from service.threads import add_thread_list_routes
 
 log = structlog.get_logger("ai_stream")
 
@@ -32,7 +35,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[IN_FLIGHT] = weakref.WeakSet()
-    app[METRICS] = Metrics()
+    app[ACTIVITY] = RecentActivity()
+    app[METRICS] = Metrics(app[ACTIVITY])
     app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.max_concurrent_streams, settings.max_total_streams)
     app[USER_LIMITER] = RateLimiter(
         settings.user_rate_limit_rpm,
@@ -47,6 +51,10 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_drain)
     add_routes(app)
     add_thread_routes(app)
+    add_thread_list_routes(app)
+    add_status_routes(app)
+    if settings.playground:
+        add_playground_routes(app)
     setup_cors(app, settings.cors_origins)
     return app
 

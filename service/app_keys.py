@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from service.metrics import Metrics
     from service.answer import Cutoff
     from service.settings import Settings
+    from service.status import RecentActivity
     from service.storage_state import StorageState
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -26,6 +27,8 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 # Limits of the end users that backends forward (`key:user_id`).
 USER_LIMITER: web.AppKey[RateLimiter] = web.AppKey("user_limiter")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# A few minutes of answer totals for the status page (fed by Metrics.record_answer).
+ACTIVITY: web.AppKey[RecentActivity] = web.AppKey("activity")
 STORAGE: web.AppKey[StorageState] = web.AppKey("storage")
 # Answers being written to the store; shutdown waits for them before closing it.
 PENDING_WRITES: web.AppKey[set[asyncio.Task[bool]]] = web.AppKey("pending_writes")

@@ -166,6 +166,9 @@ def _query_user_id(request: web.Request) -> str | None:
     if user_id is not None and not 1 <= len(user_id) <= 128:
         raise ApiError(400, "validation_error", "Invalid request: user_id must be 1-128 characters.",
                        details=[{"field": "user_id", "message": "user_id must be 1-128 characters"}])
+    if user_id is not None and "\x00" in user_id:  # PostgreSQL text cannot hold it
+        raise ApiError(400, "validation_error", "Invalid request: user_id must not contain NUL characters.",
+                       details=[{"field": "user_id", "message": "user_id must not contain NUL characters"}])
     return user_id
 
 

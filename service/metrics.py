@@ -8,6 +8,7 @@ Nothing here runs per token: a stream updates its metrics when it starts and whe
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import (
@@ -23,6 +24,9 @@ from prometheus_client import (
 from providers.circuit import Circuit
 from service.outcome import Outcome
 
+if TYPE_CHECKING:
+    from service.status import RecentActivity
+
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
 _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -35,7 +39,8 @@ def multiprocess_dir() -> str | None:
 class Metrics:
     """The service's metrics, registered in a registry of their own (one per app)."""
 
-    def __init__(self) -> None:
+    def __init__(self, activity: RecentActivity | None = None) -> None:
+        self.activity = activity  # the status page's recent totals, fed with every answer
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("ai_stream_requests", "HTTP requests by route and status.", ["route", "method", "status"], registry=r)
@@ -96,6 +101,8 @@ class Metrics:
         if error is not None and error.provider and not error.summary:
             # Raised by a model without a fallback: after text had been sent, or a bad request.
             self.upstream_errors.labels(error.provider, str(error.status or ""), error.code).inc()
+        if self.activity is not None:
+            self.activity.record(outcome)
 
     def observe_circuits(self, circuits: dict[str, Circuit]) -> None:
         for name, circuit in circuits.items():

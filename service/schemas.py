@@ -19,7 +19,8 @@ THREAD_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 ThreadId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# No NUL: PostgreSQL text cannot hold it.
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
 
 
 class _Body(BaseModel):
@@ -81,6 +82,8 @@ def describe_errors(exc: ValidationError) -> list[dict[str, Any]]:
         ctx = error.get("ctx") or {}
         if error["type"] in ("string_pattern_mismatch", "string_too_long") and field.endswith("thread_id"):
             message = "must be 1-128 letters, digits, '-' or '_'"
+        elif error["type"] == "string_pattern_mismatch" and field.endswith("user_id"):
+            message = "must not contain NUL characters"
         elif error["type"] == "string_pattern_mismatch":
             message = "must not be blank"
         elif template:

@@ -108,7 +108,7 @@ def setup_cors(app: web.Application, origins: list[str]) -> None:
         allow_credentials=False,  # bearer keys are sent explicitly, never as cookies
         expose_headers=("X-Request-ID", "Retry-After"),
         allow_headers=("Content-Type", "Authorization", "X-Request-ID"),
-        allow_methods=("GET", "POST", "DELETE", "OPTIONS"),
+        allow_methods=("GET", "POST", "PATCH", "DELETE", "OPTIONS"),
         max_age=600,
     )
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(True, validation_alias=AliasChoices("AI_METRICS_PUBLIC", "metrics_public"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))
 
+    # The page at `/` (playground and live status); `false` answers 404 there.
+    playground: bool = Field(True, validation_alias=AliasChoices("AI_PLAYGROUND", "playground"))
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias=AliasChoices("AI_LOG_LEVEL", "log_level"))
     log_format: Literal["json", "console"] | None = Field(None, validation_alias=AliasChoices("AI_LOG_FORMAT", "log_format"))
 

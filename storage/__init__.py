@@ -16,6 +16,8 @@ from .base import (
     Store,
     StoredMessage,
     ThreadNotFound,
+    ThreadPosition,
+    ThreadSummary,
     Turn,
     new_message_id,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "Store",
     "StoredMessage",
     "ThreadNotFound",
+    "ThreadPosition",
+    "ThreadSummary",
     "Turn",
     "create_store",
     "new_message_id",

@@ -66,6 +66,25 @@ MESSAGE_COLUMNS = ", ".join(field.name for field in fields(StoredMessage))
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadSummary:
+    """One thread as the thread list shows it."""
+
+    id: str
+    title: str | None  # None only for a thread whose turns so far had no user message
+    created_at: datetime  # timezone-aware UTC
+    updated_at: datetime  # the last turn (or the creation); timezone-aware UTC
+    message_count: int  # stored messages, an answer still streaming included
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadPosition:
+    """Where a page of the thread list ends: list_threads(before=...) returns the threads after it."""
+
+    updated_at: datetime  # timezone-aware
+    thread_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """What `begin_turn` stored: the replay history and the ids of the new rows."""
 
@@ -148,6 +167,17 @@ class Store(Protocol):
 
     async def delete_thread(self, thread_id: str, owner: Owner) -> None: ...
 
+    async def list_threads(
+        self, owner: Owner, *, limit: int = 50, before: ThreadPosition | None = None
+    ) -> list[ThreadSummary]:
+        """The owner's threads, most recent activity first (ties: higher id first): the first
+        `limit`, or those after `before`."""
+        ...
+
+    async def rename_thread(self, thread_id: str, owner: Owner, title: str) -> ThreadSummary:
+        """Set the thread's title (activity time unchanged); ThreadNotFound for another owner."""
+        ...
+
 
 # Pending rows from before writers were recorded are closed once they are this old (seconds):
 # no answer lasts that long.
@@ -185,6 +215,25 @@ def clean_text(text: str) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+TITLE_LENGTH = 80  # characters of a title taken from the first user message
+
+
+def thread_title(messages: Sequence[tuple[str, str]]) -> str | None:
+    """A thread's title from a turn's messages: the first line of the first user message with
+    text, white space collapsed, at most TITLE_LENGTH characters (cut with an ellipsis)."""
+    for role, content in messages:
+        if role != "user":
+            continue
+        for line in content.splitlines():
+            words = line.split()
+            if words:
+                title = " ".join(words)
+                if len(title) > TITLE_LENGTH:
+                    title = title[: TITLE_LENGTH - 1].rstrip() + "\u2026"
+                return title
+    return None
 
 
 def check_limit(name: str, value: int) -> None:

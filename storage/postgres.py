@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -25,6 +26,8 @@ from .base import (
     StorageUnavailable,
     StoredMessage,
     ThreadNotFound,
+    ThreadPosition,
+    ThreadSummary,
     Turn,
     check_finish_status,
     check_limit,
@@ -33,6 +36,7 @@ from .base import (
     clean_text,
     new_message_id,
     scoped_thread_id,
+    thread_title,
     turn_rows,
 )
 from .migrate import load_migrations, pending_migrations
@@ -100,6 +104,31 @@ SELECT * FROM (
 DELETE_THREAD = """
 DELETE FROM threads
 WHERE id = $1 AND key_name = $2 AND user_id IS NOT DISTINCT FROM $3"""
+# A turn is activity; its first user message names a thread that has no title yet.
+TOUCH_THREAD = "UPDATE threads SET updated_at = clock_timestamp(), title = COALESCE(title, $2) WHERE id = $1"
+# The thread list, newest activity first, after the position ($3, $4). Two statements so that
+# both use the (key_name, user_id, updated_at, id) index: IS NOT DISTINCT FROM would not.
+SELECT_THREADS_OF_USER = """
+SELECT t.id, t.title, t.created_at, t.updated_at,
+       (SELECT count(*) FROM messages m WHERE m.thread_id = t.id) AS message_count
+FROM threads t
+WHERE t.key_name = $1 AND t.user_id = $2 AND (t.updated_at, t.id) < ($3, $4)
+ORDER BY t.updated_at DESC, t.id DESC
+LIMIT $5"""
+SELECT_THREADS_WITHOUT_USER = """
+SELECT t.id, t.title, t.created_at, t.updated_at,
+       (SELECT count(*) FROM messages m WHERE m.thread_id = t.id) AS message_count
+FROM threads t
+WHERE t.key_name = $1 AND t.user_id IS NULL AND (t.updated_at, t.id) < ($2, $3)
+ORDER BY t.updated_at DESC, t.id DESC
+LIMIT $4"""
+RENAME_THREAD = """
+UPDATE threads SET title = $4
+WHERE id = $1 AND key_name = $2 AND user_id IS NOT DISTINCT FROM $3
+RETURNING id, title, created_at, updated_at,
+          (SELECT count(*) FROM messages m WHERE m.thread_id = threads.id) AS message_count"""
+# Where the first page starts: after every thread.
+LIST_START = ThreadPosition(datetime.max.replace(tzinfo=UTC), "")
 
 # Failures that mean "the database is not reachable right now" rather than a bad query.
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -122,6 +151,12 @@ def _to_message(row: asyncpg.Record) -> StoredMessage:
     fields = dict(row.items())
     fields["thread_id"] = client_thread_id(fields["thread_id"])
     return StoredMessage(**fields)
+
+
+def _to_summary(row: asyncpg.Record) -> ThreadSummary:
+    fields = dict(row.items())
+    fields["id"] = client_thread_id(fields["id"])
+    return ThreadSummary(**fields)
 
 
 def _affected_rows(status: str) -> int:
@@ -253,6 +288,7 @@ class PostgresStore:
                 raise StorageError("thread was deleted repeatedly while being written")
             if not owner.matches(thread["key_name"], thread["user_id"]):
                 raise ThreadNotFound(thread_id)
+            await conn.execute(TOUCH_THREAD, thread_id, thread_title(new_messages))
             # Holding the row lock: no other turn on this thread reads or writes until commit.
             rows = await conn.fetch(SELECT_HISTORY, thread_id, history_limit)
             history = [_to_message(row) for row in rows]
@@ -324,3 +360,25 @@ class PostgresStore:
             result = await conn.execute(DELETE_THREAD, thread_id, owner.key_name, owner.user_id)
         if _affected_rows(result) == 0:
             raise ThreadNotFound(thread_id)
+
+    async def list_threads(
+        self, owner: Owner, *, limit: int = 50, before: ThreadPosition | None = None
+    ) -> list[ThreadSummary]:
+        check_limit("limit", limit)
+        after = LIST_START if before is None else ThreadPosition(before.updated_at, scoped_thread_id(owner, before.thread_id))
+        async with self._connection() as conn:
+            if owner.user_id is None:
+                rows = await conn.fetch(SELECT_THREADS_WITHOUT_USER, owner.key_name, after.updated_at, after.thread_id, limit)
+            else:
+                rows = await conn.fetch(
+                    SELECT_THREADS_OF_USER, owner.key_name, owner.user_id, after.updated_at, after.thread_id, limit
+                )
+        return [_to_summary(row) for row in rows]
+
+    async def rename_thread(self, thread_id: str, owner: Owner, title: str) -> ThreadSummary:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._connection() as conn:
+            row = await conn.fetchrow(RENAME_THREAD, thread_id, owner.key_name, owner.user_id, clean_text(title))
+        if row is None:
+            raise ThreadNotFound(thread_id)
+        return _to_summary(row)

@@ -26,6 +26,8 @@ from .base import (
     StorageUnavailable,
     StoredMessage,
     ThreadNotFound,
+    ThreadPosition,
+    ThreadSummary,
     Turn,
     check_finish_status,
     check_limit,
@@ -34,6 +36,7 @@ from .base import (
     clean_text,
     new_message_id,
     scoped_thread_id,
+    thread_title,
     turn_rows,
 )
 from .migrate import load_migrations, pending_migrations, split_statements
@@ -103,10 +106,39 @@ SELECT * FROM (
     LIMIT ?2
 ) ORDER BY seq"""
 DELETE_THREAD = "DELETE FROM threads WHERE id = ? AND key_name = ? AND user_id IS ?"
+# A turn is activity; its first user message names a thread that has no title yet.
+TOUCH_THREAD = "UPDATE threads SET updated_at = ?, title = COALESCE(title, ?) WHERE id = ?"
+# The thread list, newest activity first, after the position (?3, ?4). SQLite uses the
+# (key_name, user_id, updated_at, id) index for `IS` as for `=`.
+THREAD_SUMMARY_COLUMNS = """
+t.id, t.title, t.created_at, t.updated_at,
+(SELECT count(*) FROM messages m WHERE m.thread_id = t.id) AS message_count"""
+SELECT_THREADS = f"""
+SELECT {THREAD_SUMMARY_COLUMNS}
+FROM threads t
+WHERE t.key_name = ?1 AND t.user_id IS ?2 AND (t.updated_at, t.id) < (?3, ?4)
+ORDER BY t.updated_at DESC, t.id DESC
+LIMIT ?5"""
+RENAME_THREAD = "UPDATE threads SET title = ? WHERE id = ? AND key_name = ? AND user_id IS ?"
+SELECT_THREAD_SUMMARY = f"SELECT {THREAD_SUMMARY_COLUMNS} FROM threads t WHERE t.id = ?"
+# Where the first page starts: after every thread (timestamps are ISO text, compared as such).
+LIST_START = ("9999-12-31T23:59:59.999999+00:00", "")
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _timestamp(moment: datetime) -> str:
+    """A datetime as stored: ISO-8601 UTC text with microseconds, as `_now()` writes it."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _to_summary(row: sqlite3.Row | tuple) -> ThreadSummary:
+    thread_id, title, created_at, updated_at, message_count = row
+    return ThreadSummary(
+        client_thread_id(thread_id), title, datetime.fromisoformat(created_at), datetime.fromisoformat(updated_at), message_count
+    )
 
 
 def _to_message(row: sqlite3.Row | tuple) -> StoredMessage:
@@ -263,6 +295,7 @@ class SqliteStore:
             [thread] = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
             if not owner.matches(*thread):
                 raise ThreadNotFound(thread_id)
+            await conn.execute(TOUCH_THREAD, (now, thread_title(new_messages), thread_id))
             rows = await conn.execute_fetchall(SELECT_HISTORY, (thread_id, history_limit))
             history = [_to_message(row) for row in rows]
             [(last_seq,)] = await conn.execute_fetchall(SELECT_LAST_SEQ, (thread_id,))
@@ -337,3 +370,21 @@ class SqliteStore:
             deleted = cursor.rowcount
         if deleted == 0:
             raise ThreadNotFound(thread_id)
+
+    async def list_threads(
+        self, owner: Owner, *, limit: int = 50, before: ThreadPosition | None = None
+    ) -> list[ThreadSummary]:
+        check_limit("limit", limit)
+        after = LIST_START if before is None else (_timestamp(before.updated_at), scoped_thread_id(owner, before.thread_id))
+        async with self._connection() as conn:
+            rows = await conn.execute_fetchall(SELECT_THREADS, (owner.key_name, owner.user_id, *after, limit))
+        return [_to_summary(row) for row in rows]
+
+    async def rename_thread(self, thread_id: str, owner: Owner, title: str) -> ThreadSummary:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._transaction() as conn:
+            cursor = await conn.execute(RENAME_THREAD, (clean_text(title), thread_id, owner.key_name, owner.user_id))
+            if cursor.rowcount == 0:
+                raise ThreadNotFound(thread_id)
+            [row] = await conn.execute_fetchall(SELECT_THREAD_SUMMARY, (thread_id,))
+        return _to_summary(row)

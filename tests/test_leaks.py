@@ -113,6 +113,13 @@ CALLS = [
                                        "messages": [{"role": "system", "content": SYSTEM}, *USER_TURN]}, outcome="done"),
     Call("thread-read", "GET", THREAD + "/messages?user_id=leak-user", allowed=frozenset({"prompt"})),
     Call("thread-stranger", "GET", THREAD + "/messages?user_id=someone-else", status=404, code="not_found"),
+    Call("thread-list", "GET", "/ai/threads?user_id=leak-user", allowed=frozenset({"prompt"})),  # titled by the prompt
+    Call("thread-rename-stranger", "PATCH", THREAD + "?user_id=someone-else", {"title": SYSTEM}, status=404, code="not_found"),
+    Call("thread-rename-invalid", "PATCH", THREAD + "?user_id=leak-user", {"title": SYSTEM + "\x00"}, status=400,
+         code="validation_error"),
+    Call("thread-rename", "PATCH", THREAD + "?user_id=leak-user", {"title": "Renamed"}),
+    Call("status", "GET", "/ai/status"),
+    Call("page", "GET", "/"),
     Call("thread-delete", "DELETE", THREAD + "?user_id=leak-user", status=204),
     Call("thread-gone", "GET", THREAD + "/messages?user_id=leak-user", status=404, code="not_found"),
     Call("unknown-route", "GET", "/ai/nothing-here", status=404, code="not_found"),

@@ -207,7 +207,7 @@ def test_document_is_valid_openapi_31() -> None:
     assert spec["info"]["title"] == "ai-stream"
     assert spec["info"]["version"] == __version__ == "0.1.0"
     operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values() if isinstance(op, dict)]
-    assert len(operation_ids) == len(set(operation_ids)) == 8
+    assert len(operation_ids) == len(set(operation_ids)) == 13
 
 
 def test_every_schema_is_valid_draft_2020_12(contract: Contract) -> None:
@@ -294,6 +294,10 @@ ALL_FAIL_529 = {name: Scenario(kind="http_error", status=529) for name in MODEL_
 GEN, CHAT = "/ai/stream/generate", "/ai/stream/chat"
 MESSAGES, THREAD = "/ai/threads/{thread_id}/messages", "/ai/threads/{thread_id}"
 HEALTH, STREAM_HEALTH = "/health", "/ai/stream/health"
+THREADS, STATUS, PAGE, ASSET = "/ai/threads", "/ai/status", "/", "/assets/{name}"
+PAGE_HEADERS = {"Content-Security-Policy": re.compile(r"default-src 'none'; .*"), "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer"}
+THREAD_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 API_KEY, OTHER_KEY = "0123456789abcdef-secret", "fedcba9876543210-secret"
 KEYS = {"api_keys": f"frontend:{API_KEY}"}
@@ -448,8 +452,9 @@ DEFAULT_CASES = [
     Case("chat-stream-fails-mid-answer", CHAT, json={"messages": USER_HI}, media_type="text/event-stream", code="upstream_unavailable",
          scripts={"claude-primary": Scenario(kind="stream_error", after_tokens=2)}, schema_valid=True),
     # threads (the default store: SQLite in the test's folder)
-    Case("chat-thread-of-another-user", CHAT, json=turn("let me in", user_id="bob"), status=404, code="not_found", schema_valid=True,
-         steps=(chat_step("secret plan", user_id="alice"),)),
+    # Thread ids are namespaced by owner: bob's "t-1" is a thread of his own, not alice's.
+    Case("chat-thread-id-of-another-user", CHAT, json=turn("let me in", user_id="bob"), media_type="text/event-stream",
+         schema_valid=True, steps=(chat_step("secret plan", user_id="alice"),)),
     Case("thread-messages-newest-page", MESSAGES, method="GET", path={"thread_id": "t-1"}, query={"limit": "3"}, schema_valid=True,
          steps=(chat_step("one"), chat_step("two", stream=False)),
          expect={"thread_id": "t-1", "has_more": True, "next_before": MESSAGE_ID,
@@ -485,6 +490,61 @@ DEFAULT_CASES = [
          schema_valid=True, steps=(chat_step("one"), Step(THREAD, "DELETE", path={"thread_id": "t-1"}, status=204))),
     Case("delete-thread-of-another-user", THREAD, method="DELETE", path={"thread_id": "t-1"}, query={"user_id": "bob"},
          status=404, code="not_found", schema_valid=True, steps=(chat_step("secret plan", user_id="alice"),)),
+    # the thread list and renaming
+    Case("thread-list", THREADS, method="GET", query={"limit": "1"}, schema_valid=True,
+         steps=(chat_step("first thread\nmore", "t-1"), chat_step("second thread", "t-2")),
+         expect={"has_more": True, "next_before": re.compile(r"[A-Za-z0-9_-]+"), "threads.*.id": ["t-2"],
+                 "threads.*.title": ["second thread"], "threads.*.message_count": [2], "threads.0.updated_at": THREAD_TIME}),
+    Case("thread-list-next-page", THREADS, method="GET", query={"limit": "1", "before": Prior("next_before")}, schema_valid=True,
+         steps=(chat_step("first thread\nmore", "t-1"), chat_step("second thread", "t-2"), Step(THREADS, "GET", query={"limit": "1"})),
+         expect={"has_more": False, "next_before": None, "threads.*.id": ["t-1"], "threads.*.title": ["first thread"]}),
+    Case("thread-list-of-owner", THREADS, method="GET", query={"user_id": "alice"}, schema_valid=True,
+         steps=(chat_step("secret plan", user_id="alice"), chat_step("other", "t-2", user_id="bob")),
+         expect={"threads.*.id": ["t-1"], "has_more": False}),
+    Case("thread-list-empty", THREADS, method="GET", schema_valid=True, expect={"threads": [], "has_more": False, "next_before": None}),
+    Case("thread-list-bad-before", THREADS, method="GET", query={"before": "msg_unknown"}, status=400, code="validation_error",
+         schema_valid=True),
+    Case("thread-list-limit-0", THREADS, method="GET", query={"limit": "0"}, status=400, code="validation_error", schema_valid=False),
+    Case("thread-list-limit-201", THREADS, method="GET", query={"limit": "201"}, status=400, code="validation_error",
+         schema_valid=False),
+    Case("thread-list-nul-user-id", THREADS, method="GET", query={"user_id": "a\x00b"}, status=400, code="validation_error",
+         schema_valid=True),
+    Case("rename-thread", THREAD, method="PATCH", path={"thread_id": "t-1"}, json={"title": " One day\tin Lisbon "}, schema_valid=True,
+         steps=(chat_step("one"),), expect={"id": "t-1", "title": "One day in Lisbon", "message_count": 2}),
+    Case("rename-thread-blank", THREAD, method="PATCH", path={"thread_id": "t-1"}, json={"title": "   "}, status=400,
+         code="validation_error", schema_valid=False, steps=(chat_step("one"),)),
+    Case("rename-thread-too-long", THREAD, method="PATCH", path={"thread_id": "t-1"}, json={"title": "t" * 201}, status=400,
+         code="validation_error", schema_valid=False, steps=(chat_step("one"),)),
+    Case("rename-thread-missing-title", THREAD, method="PATCH", path={"thread_id": "t-1"}, json={"name": "x"}, status=400,
+         code="validation_error", schema_valid=False, steps=(chat_step("one"),)),
+    Case("rename-thread-control-character", THREAD, method="PATCH", path={"thread_id": "t-1"}, json={"title": "a\x00b"},
+         status=400, code="validation_error", schema_valid=True, steps=(chat_step("one"),)),
+    Case("rename-thread-invalid-json", THREAD, method="PATCH", path={"thread_id": "t-1"}, data=b'{"title":',
+         headers={"Content-Type": "application/json"}, status=400, code="invalid_json", steps=(chat_step("one"),)),
+    Case("rename-thread-of-another-user", THREAD, method="PATCH", path={"thread_id": "t-1"}, query={"user_id": "bob"},
+         json={"title": "mine"}, status=404, code="not_found", schema_valid=True, steps=(chat_step("secret plan", user_id="alice"),)),
+    Case("rename-unknown-thread", THREAD, method="PATCH", path={"thread_id": "no-such-thread"}, json={"title": "x"}, status=404,
+         code="not_found", schema_valid=True),
+    # fallbacks named in `done`
+    Case("chat-stream-after-fallback", CHAT, json={"messages": USER_HI}, media_type="text/event-stream", schema_valid=True,
+         scripts={"claude-primary": Scenario(kind="http_error", status=529)},
+         expect={"model": "claude-backup", "attempts": [{"model": "anthropic/claude-primary", "code": "upstream_unavailable"}]}),
+    Case("generate-json-after-fallback", GEN, json={"prompt": "Hi", "stream": False}, schema_valid=True,
+         scripts={"claude-primary": Scenario(kind="http_error", status=429)},
+         expect={"model": "claude-backup", "attempts.*.code": ["rate_limited"], "text": ANSWER}),
+    # status and the page
+    Case("status", STATUS, method="GET",
+         expect={"models.*.name": ["anthropic/claude-primary", "anthropic/claude-backup", "openai/gpt-fallback"],
+                 "models.*.circuit.state": ["closed"] * 3, "storage": {"backend": "sqlite", "ok": True}, "open_streams": 0,
+                 "recent.interval_seconds": 10}),
+    Case("page", PAGE, method="GET", media_type="text/html", response_headers=PAGE_HEADERS),
+    Case("page-script", ASSET, method="GET", path={"name": "playground.js"}, media_type="text/javascript", schema_valid=True,
+         response_headers=PAGE_HEADERS),
+    Case("page-style", ASSET, method="GET", path={"name": "playground.css"}, media_type="text/css", schema_valid=True,
+         response_headers=PAGE_HEADERS),
+    Case("page-icon", ASSET, method="GET", path={"name": "favicon.svg"}, media_type="image/svg+xml", schema_valid=True,
+         response_headers=PAGE_HEADERS),
+    Case("page-unknown-asset", ASSET, method="GET", path={"name": "app.py"}, status=404, code="not_found", schema_valid=False),
 ]
 
 CONFIGURED_CASES = [
@@ -508,6 +568,17 @@ CONFIGURED_CASES = [
     Case("no-key-delete-thread", THREAD, method="DELETE", path={"thread_id": "t-1"}, status=401, code="unauthorized",
          settings=KEYS, response_headers=UNAUTHORIZED),
     Case("no-key-stream-health", STREAM_HEALTH, method="GET", settings=KEYS, expect={"status": "ok"}),
+    Case("no-key-thread-list", THREADS, method="GET", status=401, code="unauthorized", settings=KEYS, response_headers=UNAUTHORIZED),
+    Case("no-key-rename-thread", THREAD, method="PATCH", path={"thread_id": "t-1"}, json={"title": "x"}, status=401,
+         code="unauthorized", settings=KEYS, response_headers=UNAUTHORIZED),
+    Case("no-key-status", STATUS, method="GET", status=401, code="unauthorized", settings=KEYS, response_headers=UNAUTHORIZED),
+    Case("key-status", STATUS, method="GET", headers=AUTH, settings=KEYS, expect={"storage.ok": True}),
+    Case("no-key-page", PAGE, method="GET", media_type="text/html", settings=KEYS, response_headers=PAGE_HEADERS),
+    Case("page-off", PAGE, method="GET", status=404, code="not_found", settings={"playground": False}),
+    Case("page-asset-off", ASSET, method="GET", path={"name": "playground.js"}, status=404, code="not_found", schema_valid=True,
+         settings={"playground": False}),
+    Case("rename-thread-body-too-large", THREAD, method="PATCH", path={"thread_id": "t-1"}, json={"title": "x", "pad": "y" * 3000},
+         status=413, code="body_too_large", schema_valid=True, settings={"max_body_bytes": 2048}),
     Case("no-key-health", HEALTH, method="GET", settings=KEYS, expect={"status": "ok"}),
     Case("key-chat-thread", CHAT, json=turn("Hi"), headers=AUTH, media_type="text/event-stream", schema_valid=True, settings=KEYS,
          expect={"message_id": MESSAGE_ID, "persisted": True}),
@@ -537,6 +608,14 @@ CONFIGURED_CASES = [
          code="storage_unavailable", schema_valid=True, settings=STORAGE_DOWN, response_headers={"Retry-After": "5"}),
     Case("delete-thread-storage-down", THREAD, method="DELETE", path={"thread_id": "t-1"}, status=503,
          code="storage_unavailable", schema_valid=True, settings=STORAGE_DOWN, response_headers={"Retry-After": "5"}),
+    Case("thread-list-storage-down", THREADS, method="GET", status=503, code="storage_unavailable", schema_valid=True,
+         settings=STORAGE_DOWN, response_headers={"Retry-After": "5"}),
+    Case("rename-thread-storage-down", THREAD, method="PATCH", path={"thread_id": "t-1"}, json={"title": "x"}, status=503,
+         code="storage_unavailable", schema_valid=True, settings=STORAGE_DOWN, response_headers={"Retry-After": "5"}),
+    Case("status-storage-down", STATUS, method="GET", settings=STORAGE_DOWN, expect={"storage": {"backend": "sqlite", "ok": False}}),
+    Case("status-circuits-open", STATUS, method="GET", scripts=ALL_FAIL_529, settings={"cooldown_failures": 1},
+         steps=(Step(GEN, json={"prompt": "Hi", "stream": False}, status=503),),
+         expect={"models.*.circuit.state": ["open"] * 3, "models.*.circuit.consecutive_failures": [1] * 3}),
     # health
     Case("health-storage-down", HEALTH, method="GET", settings=STORAGE_DOWN,
          expect={"status": "degraded", "storage": {"backend": "sqlite", "ok": False}}),

@@ -61,12 +61,18 @@ async def test_one_key_never_reads_another_keys_threads(keyed):
     resp = await keyed.post("/ai/stream/chat", json=body, headers=bearer(FRONTEND_KEY))
     assert parse_events(await resp.read())[-1]["persisted"] is True
     # Same thread id and user id, other key: as if the thread did not exist.
-    assert (await keyed.post("/ai/stream/chat", json=body, headers=bearer(BATCH_KEY))).status == 404
     params = {"user_id": "u1"}
     assert (await keyed.get("/ai/threads/shared-name/messages", params=params, headers=bearer(BATCH_KEY))).status == 404
     assert (await keyed.delete("/ai/threads/shared-name", params=params, headers=bearer(BATCH_KEY))).status == 404
+    # Its own turn under that id is a thread of its own (ids are namespaced by owner).
+    resp = await keyed.post("/ai/stream/chat", json={**body, "messages": [{"role": "user", "content": "mine"}]},
+                            headers=bearer(BATCH_KEY))
+    assert parse_events(await resp.read())[-1]["persisted"] is True
+    resp = await keyed.get("/ai/threads/shared-name/messages", params=params, headers=bearer(BATCH_KEY))
+    assert [m["content"] for m in (await resp.json())["messages"]][0] == "mine"
     resp = await keyed.get("/ai/threads/shared-name/messages", params=params, headers=bearer(FRONTEND_KEY))
     assert resp.status == 200 and len((await resp.json())["messages"]) == 2
+    assert (await resp.json())["messages"][0]["content"] != "mine"
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.com"])

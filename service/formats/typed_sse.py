@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from providers.base import Finish, ProviderError
+from providers.base import ProviderError
 from service.outcome import Outcome, Receipt
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -19,13 +19,17 @@ def event_bytes(payload: dict[str, Any]) -> bytes:
     return b"data: " + _encode(payload).encode() + b"\n\n"
 
 
-def done_fields(finish: Finish, receipt: Receipt | None) -> dict[str, Any]:
+def done_fields(outcome: Outcome, receipt: Receipt | None) -> dict[str, Any]:
+    finish = outcome.finish
+    assert finish is not None
     fields: dict[str, Any] = {
         "model": finish.model,
         "provider": finish.provider,
         "stop_reason": finish.stop_reason,
         "usage": {"input_tokens": finish.usage.input_tokens, "output_tokens": finish.usage.output_tokens},
     }
+    if outcome.attempts:  # only after a fallback: the attempts that failed before this model answered
+        fields["attempts"] = [{"model": a.model, "code": a.code} for a in outcome.attempts]
     if receipt is not None:
         fields.update(message_id=receipt.message_id, persisted=receipt.persisted)
     return fields
@@ -47,8 +51,7 @@ class TypedEvents:
         return b'data: {"type":"content","text":' + _encode(text).encode() + b"}\n\n"
 
     def done(self, outcome: Outcome, receipt: Receipt | None) -> bytes:
-        assert outcome.finish is not None
-        return event_bytes({"type": "done", **done_fields(outcome.finish, receipt)})
+        return event_bytes({"type": "done", **done_fields(outcome, receipt)})
 
     def failure(self, error: ProviderError) -> bytes:
         return event_bytes({"type": "error", "error": error.message, "code": error.code})
@@ -58,4 +61,4 @@ class TypedEvents:
             error = outcome.error
             assert error is not None
             return outcome.http_status(), {"error": error.message, "code": error.code, "details": []}
-        return 200, {"text": "".join(outcome.text), **done_fields(outcome.finish, receipt)}
+        return 200, {"text": "".join(outcome.text), **done_fields(outcome, receipt)}

@@ -1,0 +1,141 @@
+"""The thread list and renaming: `GET /ai/threads` and `PATCH /ai/threads/{thread_id}`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import unicodedata
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from service.body import read_json
+from service.conversations import NOT_FOUND, UNAVAILABLE, _query_limit, _query_user_id, _thread_id, owner_of
+from service.errors import ApiError
+from service.app_keys import SETTINGS, STORAGE
+from service.schemas import THREAD_ID_PATTERN
+from service.storage_state import StorageState
+from storage import StorageError, ThreadNotFound, ThreadPosition, ThreadSummary
+
+TITLE_MAX = 200
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def thread_json(thread: ThreadSummary) -> dict[str, Any]:
+    return {
+        "id": thread.id,
+        "title": thread.title,
+        "created_at": _timestamp(thread.created_at),
+        "updated_at": _timestamp(thread.updated_at),
+        "message_count": thread.message_count,
+    }
+
+
+# The `before` cursor: the position of a page's last thread, so that paging stays in place
+# while threads gain turns. Opaque to clients (base64url of "<updated_at>~<thread id>").
+
+
+def encode_cursor(thread: ThreadSummary) -> str:
+    raw = f"{thread.updated_at.isoformat()}~{thread.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> ThreadPosition:
+    """The position a cursor names; ValueError if it is not one this service made."""
+    if not cursor.isascii() or len(cursor) > 400:
+        raise ValueError("not a cursor")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("not a cursor") from None
+    moment, sep, thread_id = raw.partition("~")
+    if not sep or not THREAD_ID_PATTERN.fullmatch(thread_id):
+        raise ValueError("not a cursor")
+    updated_at = datetime.fromisoformat(moment)  # ValueError when malformed
+    if updated_at.tzinfo is None:
+        raise ValueError("not a cursor")
+    return ThreadPosition(updated_at, thread_id)
+
+
+@contextlib.contextmanager
+def storage_errors(state: StorageState) -> Iterator[None]:
+    """The store's failures as the thread routes answer them: 404, or 503 with Retry-After."""
+    try:
+        yield
+    except ThreadNotFound:
+        raise ApiError(404, "not_found", NOT_FOUND) from None
+    except StorageError:
+        state.record(False)
+        raise ApiError(503, "storage_unavailable", UNAVAILABLE, headers={"Retry-After": "5"}) from None
+    state.record(True)
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(400, "validation_error", f"Invalid request: {message}.", details=[{"field": field, "message": message}])
+
+
+async def list_threads(request: web.Request) -> web.Response:
+    limit = _query_limit(request)
+    owner = owner_of(request, _query_user_id(request))
+    before = None
+    if cursor := request.query.get("before"):
+        try:
+            before = decode_cursor(cursor)
+        except ValueError:
+            raise _invalid("before", "before must be the next_before of a previous page") from None
+    state = request.app[STORAGE]
+    with storage_errors(state):
+        await state.ensure_open()
+        # One more than asked tells whether more threads follow.
+        page = await state.store.list_threads(owner, limit=limit + 1, before=before)
+    has_more = len(page) > limit
+    threads = page[:limit]
+    return web.json_response(
+        {
+            "threads": [thread_json(t) for t in threads],
+            "has_more": has_more,
+            "next_before": encode_cursor(threads[-1]) if has_more else None,
+        }
+    )
+
+
+def clean_title(value: object) -> str:
+    """A title as given in PATCH: white space trimmed and collapsed; 1-200 characters, no
+    control characters (ApiError otherwise)."""
+    if not isinstance(value, str):
+        raise _invalid("title", "title must be a string")
+    if len(value) > TITLE_MAX:
+        raise _invalid("title", f"title must be at most {TITLE_MAX} characters")
+    # Lone surrogates (from JSON escapes) cannot be stored; control characters break a line.
+    if any(unicodedata.category(c) in ("Cs", "Cc") and not c.isspace() for c in value):
+        raise _invalid("title", "title must not contain control characters")
+    title = " ".join(value.split())
+    if not title:
+        raise _invalid("title", "title must not be blank")
+    return title
+
+
+async def rename_thread(request: web.Request) -> web.Response:
+    thread_id = _thread_id(request)
+    owner = owner_of(request, _query_user_id(request))
+    settings = request.app[SETTINGS]
+    data = await read_json(request, settings.max_body_bytes, settings.body_timeout)
+    if "title" not in data:
+        raise _invalid("title", "title is required")
+    title = clean_title(data["title"])
+    state = request.app[STORAGE]
+    with storage_errors(state):
+        await state.ensure_open()
+        thread = await state.store.rename_thread(thread_id, owner, title)
+    return web.json_response(thread_json(thread))
+
+
+def add_thread_list_routes(app: web.Application) -> None:
+    app.router.add_get("/ai/threads", list_threads)
+    app.router.add_patch("/ai/threads/{thread_id}", rename_thread)
