@@ -10,6 +10,7 @@ from aiohttp import web
 
 from service.app import create_app
 from service.log import configure_logging
+from service.protocol_errors import answer_protocol_errors_in_json
 from service.settings import ConfigError, Settings, load_settings
 
 
@@ -23,6 +24,7 @@ async def _freeze_heap(app: web.Application) -> None:
 
 def server_app(settings: Settings) -> web.Application:
     """The application as a server process runs it: `create_app` plus process-wide tuning."""
+    answer_protocol_errors_in_json()
     app = create_app(settings)
     app.on_startup.append(_freeze_heap)  # after the cleanup contexts: the SDK clients exist by then
     return app

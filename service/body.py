@@ -44,12 +44,14 @@ async def read_json(request: web.Request, max_bytes: int, timeout: float) -> dic
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(max_bytes) from None
     except TimeoutError:
-        raise ApiError(
-            408, "body_timeout", f"The request body did not arrive within {timeout:g} seconds (AI_BODY_TIMEOUT)."
+        raise _last_on_connection(
+            ApiError(408, "body_timeout", f"The request body did not arrive within {timeout:g} seconds (AI_BODY_TIMEOUT).")
         ) from None
     except web.RequestPayloadError:
         # A body that cannot be decoded (a broken Content-Encoding) or was cut off.
-        raise ApiError(400, "invalid_body", "The request body could not be read (check its Content-Encoding).") from None
+        raise _last_on_connection(
+            ApiError(400, "invalid_body", "The request body could not be read (check its Content-Encoding).")
+        ) from None
     if len(raw) > max_bytes:
         raise _too_large(max_bytes)
     try:
@@ -65,6 +67,14 @@ async def read_json(request: web.Request, max_bytes: int, timeout: float) -> dic
         field = path or "body"
         raise invalid([{"field": field, "message": f"{field} holds text that is not valid Unicode (a lone surrogate escape)"}])
     return data
+
+
+def _last_on_connection(error: ApiError) -> ApiError:
+    """After a body that is late or unreadable the connection's state is unknown: it is closed
+    once the error is written (and aiohttp's short lingering close has passed)."""
+    error.headers["Connection"] = "close"
+    error.force_close()
+    return error
 
 
 def _unencodable(value: Any, path: str) -> str | None:

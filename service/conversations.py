@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +31,8 @@ log = structlog.get_logger("ai_stream")
 
 UNAVAILABLE = "Conversation storage is unavailable right now; try again shortly."
 NOT_FOUND = "There is no such thread."
+# What message ids look like (`storage.new_message_id`), checked before a query holds one.
+MESSAGE_ID_PATTERN = re.compile(r"msg_[0-9a-f]{32}")
 
 
 def owner_of(request: web.Request, user_id: str | None) -> Owner:
@@ -201,6 +204,9 @@ async def list_messages(request: web.Request) -> web.Response:
     limit = _query_limit(request)
     owner = _owner_from_query(request)
     before = request.query.get("before") or None
+    if before is not None and not MESSAGE_ID_PATTERN.fullmatch(before):
+        raise ApiError(400, "validation_error", "Invalid request: before is not a message id.",
+                       details=[{"field": "before", "message": "before must be the id of a message in this thread"}])
     state = request.app[STORAGE]
     try:
         await state.ensure_open()

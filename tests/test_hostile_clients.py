@@ -21,14 +21,21 @@ def ask(**extra):
     return {"messages": [{"role": "user", "content": "x"}], **extra}
 
 
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP answer with a Content-Length: its head and body."""
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        return head + await reader.readexactly(length)
+
+
 async def raw_request(client, head: bytes, body: bytes = b"") -> bytes:
-    """Send bytes as they are (aiohttp's client would refuse to) and read the whole answer."""
+    """Send bytes as they are (aiohttp's client would refuse to) and read the answer."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(head + body)
     await writer.drain()
     try:
-        async with asyncio.timeout(10):
-            return await reader.read()
+        return await read_answer(reader)
     finally:
         writer.close()
 
@@ -38,7 +45,7 @@ async def test_slow_body_times_out_and_holds_its_slot_from_the_first_byte(make_c
     reader, writer = await asyncio.open_connection(client.host, client.port)
     body = json.dumps(ask()).encode()
     writer.write(
-        b"POST /ai/stream/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /ai/stream/chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:5]
     )
     await writer.drain()
@@ -46,10 +53,10 @@ async def test_slow_body_times_out_and_holds_its_slot_from_the_first_byte(make_c
     # While the slow body is being read, its client's one stream slot is taken.
     busy = await client.post(CHAT, json=ask(), headers={"Content-Type": "application/json"})
     assert busy.status == 429 and "AI_MAX_CONCURRENT_STREAMS" in (await busy.json())["error"]
-    async with asyncio.timeout(10):
-        answer = await reader.read()
+    answer = await read_answer(reader)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 408")
+    assert b"Connection: close" in answer
     assert b'"code": "body_timeout"' in answer and b"AI_BODY_TIMEOUT" in answer
     assert fake_upstream.requests == []
     # The slot came back.
@@ -117,6 +124,8 @@ async def test_a_body_whose_encoding_is_broken_is_400(client, fake_upstream):
     resp = await client.post(CHAT, data=b"this is not deflate",
                              headers={"Content-Type": "application/json", "Content-Encoding": "deflate"})
     assert resp.status == 400 and (await resp.json())["code"] == "invalid_body"
+    assert resp.headers["Connection"] == "close"  # the connection is not reused after a broken body
+    await asyncio.sleep(0)
     good = zlib.compress(json.dumps(ask()).encode())
     resp = await client.post(CHAT, data=good, headers={"Content-Type": "application/json", "Content-Encoding": "deflate"})
     assert resp.status == 200
