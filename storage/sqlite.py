@@ -20,17 +20,23 @@ import aiosqlite
 
 from .base import (
     MESSAGE_COLUMNS,
+    MESSAGE_FIELDS,
+    ClientMessage,
     Owner,
     StorageError,
     StorageUnavailable,
     StoredMessage,
     ThreadNotFound,
     Turn,
+    chat_rows,
+    check_client_messages,
     check_finish_status,
     check_limit,
     check_new_messages,
     clean_text,
+    kept_start,
     new_message_id,
+    replayable,
     turn_rows,
 )
 from .migrate import load_migrations, pending_migrations, split_statements
@@ -71,6 +77,11 @@ SELECT_LAST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE thread_id = 
 INSERT_MESSAGE = """
 INSERT INTO messages (id, thread_id, seq, role, content, status, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)"""
+SELECT_THREAD_MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = ? ORDER BY seq"
+DELETE_MESSAGES_FROM_SEQ = "DELETE FROM messages WHERE thread_id = ? AND seq >= ?"
+INSERT_CLIENT_MESSAGE = """
+INSERT INTO messages (id, thread_id, seq, role, content, status, client_message_id, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 FINISH_MESSAGE = """
 UPDATE messages
 SET content = ?, status = ?, model = ?, provider = ?, stop_reason = ?,
@@ -94,8 +105,9 @@ def _now() -> str:
 
 
 def _to_message(row: sqlite3.Row | tuple) -> StoredMessage:
-    *fields, created_at = row
-    return StoredMessage(*fields, created_at=datetime.fromisoformat(created_at))
+    values = dict(zip(MESSAGE_FIELDS, row))
+    values["created_at"] = datetime.fromisoformat(values["created_at"])
+    return StoredMessage(**values)
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
@@ -249,6 +261,33 @@ class SqliteStore:
             new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id)
             await conn.executemany(INSERT_MESSAGE, [(*row, now) for row in new_rows])
         return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
+
+    async def follow_chat(
+        self,
+        thread_id: str,
+        owner: Owner,
+        messages: Sequence[ClientMessage],
+        history_limit: int,
+    ) -> Turn:
+        check_limit("history_limit", history_limit)
+        conversation = check_client_messages(messages)
+        assistant_id = new_message_id()
+        now = _now()
+        async with self._transaction() as conn:
+            await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
+            [thread] = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not owner.matches(*thread):
+                raise ThreadNotFound(thread_id)
+            stored = [_to_message(row) for row in await conn.execute_fetchall(SELECT_THREAD_MESSAGES, (thread_id,))]
+            kept = kept_start(stored, conversation)
+            if kept < len(stored):
+                await conn.execute(DELETE_MESSAGES_FROM_SEQ, (thread_id, stored[kept].seq))
+            new_ids = [new_message_id() for _ in conversation[kept:]]
+            last_seq = stored[kept - 1].seq if kept else 0
+            rows = chat_rows(thread_id, last_seq, conversation[kept:], new_ids, assistant_id)
+            await conn.executemany(INSERT_CLIENT_MESSAGE, [(*row, now) for row in rows])
+        history = replayable(stored[:kept], history_limit)
+        return Turn(history=history, user_message_ids=new_ids, assistant_message_id=assistant_id)
 
     async def finish_assistant_message(
         self,
