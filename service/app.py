@@ -20,6 +20,7 @@ from service.routes import add_routes
 from service.security import access_middleware, setup_cors
 from service.settings import Settings
 from service.storage_state import storage_context
+from service.ui_chat import add_ui_chat_routes
 
 log = structlog.get_logger("ai_stream")
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_drain)
     add_routes(app)
     add_thread_routes(app)
+    add_ui_chat_routes(app)
     setup_cors(app, settings.cors_origins)
     return app
 

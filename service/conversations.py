@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -17,9 +17,11 @@ from service.outcome import Outcome, Receipt
 from service.schemas import THREAD_ID_PATTERN
 from service.storage_state import DeferredAnswer, StorageState, track
 from storage import (
+    ClientMessage,
     Owner,
     StorageError,
     StorageUnavailable,
+    Store,
     StoredMessage,
     ThreadNotFound,
     Turn,
@@ -37,15 +39,34 @@ def owner_of(request: web.Request, user_id: str | None) -> Owner:
 
 async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, messages: tuple[Message, ...]) -> Turn:
     """Store the new turn before anything is sent upstream; fail loudly rather than forget it."""
+    turn_of = [(m.role, m.content) for m in messages]
+    history_limit = request.app[SETTINGS].history_limit
+    return await _reserve(
+        request, thread_id, user_id, lambda store, owner: store.begin_turn(thread_id, owner, turn_of, history_limit)
+    )
+
+
+async def follow_chat(
+    request: web.Request, thread_id: str, user_id: str | None, conversation: tuple[ClientMessage, ...]
+) -> Turn:
+    """Make the stored thread follow the client's whole conversation and reserve the answer,
+    before anything is sent upstream (see `Store.follow_chat`)."""
+    history_limit = request.app[SETTINGS].history_limit
+    return await _reserve(
+        request, thread_id, user_id, lambda store, owner: store.follow_chat(thread_id, owner, conversation, history_limit)
+    )
+
+
+async def _reserve(
+    request: web.Request,
+    thread_id: str,
+    user_id: str | None,
+    write: Callable[[Store, Owner], Coroutine[Any, Any, Turn]],
+) -> Turn:
     state = request.app[STORAGE]
-    settings = request.app[SETTINGS]
     try:
         await state.ensure_open()
-        storing = asyncio.ensure_future(
-            state.store.begin_turn(
-                thread_id, owner_of(request, user_id), [(m.role, m.content) for m in messages], settings.history_limit
-            )
-        )
+        storing = asyncio.ensure_future(write(state.store, owner_of(request, user_id)))
         try:
             turn = await asyncio.shield(storing)
         except asyncio.CancelledError:
