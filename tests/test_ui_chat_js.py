@@ -146,8 +146,9 @@ def test_the_nextjs_example_in_chromium(stack: tuple[ThreadedUpstream, RunningSe
             except requests.ConnectionError:
                 assert time.monotonic() < deadline, "next start did not listen"
                 time.sleep(0.2)
-        screenshot = ROOT / "examples" / "nextjs-chat" / "screenshot.png"
+        screenshot = tmp_path / "nextjs-chat.png"
         run_node("nextjs_browser.test.mjs", {"APP_URL": app_url, "CHROMIUM": CHROMIUM, "SCREENSHOT": str(screenshot)})
+        assert screenshot.stat().st_size > 1000
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
