@@ -20,40 +20,46 @@ from providers.base import (
     TextDelta,
     Usage,
 )
+from providers.endpoints import Endpoint
 from providers.errors import UpstreamErrors, interrupted, stream_error
 from providers.sse import SSEDecoder, may_hold_surrogates, repaired
 from providers.transport import create_sdk_client
 
-PROVIDER = "anthropic"
 
-
-def create_client(
-    *, api_key: str, base_url: str | None, connect_timeout: float, idle_timeout: float
-) -> anthropic.AsyncAnthropic:
+def create_client(endpoint: Endpoint, *, connect_timeout: float, idle_timeout: float) -> anthropic.AsyncAnthropic:
     return create_sdk_client(
         anthropic,
         anthropic.AsyncAnthropic,
-        api_key=api_key,
-        base_url=base_url,
+        api_key=endpoint.api_key or "",
+        base_url=endpoint.base_url,
         connect_timeout=connect_timeout,
         idle_timeout=idle_timeout,
+        headers=dict(endpoint.headers),
     )
 
 
+def create_model(client: anthropic.AsyncAnthropic, model: str, endpoint: Endpoint) -> AnthropicModel:
+    return AnthropicModel(client, model, endpoint=endpoint.name, max_tokens_field=endpoint.max_tokens_field or "max_tokens")
+
+
 class AnthropicModel:
-    def __init__(self, client: anthropic.AsyncAnthropic, model: str) -> None:
+    def __init__(
+        self, client: anthropic.AsyncAnthropic, model: str, *, endpoint: str = "anthropic", max_tokens_field: str = "max_tokens"
+    ) -> None:
         self.client = client
         self.model = model
-        self.name = f"{PROVIDER}/{model}"
+        self.provider = endpoint
+        self.name = f"{endpoint}/{model}"
+        self.max_tokens_field = max_tokens_field
         # Resolved once, here: the SDK imports its resource modules on first use, and they belong
         # with the rest of startup (see `service.__main__._freeze_heap`).
         self._create = client.messages.with_streaming_response.create
-        self.errors = UpstreamErrors.of_sdk(anthropic, PROVIDER, model)
+        self.errors = UpstreamErrors.of_sdk(anthropic, endpoint, model)
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": request.max_tokens,
+            self.max_tokens_field: request.max_tokens,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "stream": True,
         }
@@ -66,7 +72,7 @@ class AnthropicModel:
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         with self.errors:
             async with self._create(**self._params(request)) as response:
-                events = _MessageEvents(self.model)
+                events = _MessageEvents(self.provider, self.model)
                 async for chunk in response.iter_bytes():
                     if events.finish is None:  # else read the body to its end: the connection is reused
                         for text in events.feed(chunk):
@@ -74,7 +80,7 @@ class AnthropicModel:
                         if events.error is not None:
                             raise events.error
         if events.finish is None:
-            raise interrupted(PROVIDER, self.model)  # the body ended before `message_stop`
+            raise interrupted(self.provider, self.model)  # the body ended before `message_stop`
         yield events.finish
 
 
@@ -85,10 +91,11 @@ class _MessageEvents:
     chunk it came in: an idle stream keeps only these few fields.
     """
 
-    __slots__ = ("sse", "requested", "model", "input_tokens", "output_tokens", "stop_reason", "finish", "error")
+    __slots__ = ("sse", "provider", "requested", "model", "input_tokens", "output_tokens", "stop_reason", "finish", "error")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, provider: str, model: str) -> None:
         self.sse = SSEDecoder()
+        self.provider = provider
         self.requested = self.model = model
         self.input_tokens = self.output_tokens = 0
         self.stop_reason: str | None = None
@@ -117,11 +124,11 @@ class _MessageEvents:
                     self.input_tokens = _input_tokens(usage) or self.input_tokens
                 elif kind == "message_stop":
                     usage = Usage(self.input_tokens, self.output_tokens)
-                    self.finish = Finish(self.model, PROVIDER, self.stop_reason, usage)
+                    self.finish = Finish(self.model, self.provider, self.stop_reason, usage)
                     break
                 elif kind == "error":
                     error = event.get("error") or {}
-                    self.error = stream_error(str(error.get("type")), provider=PROVIDER, model=self.requested)
+                    self.error = stream_error(str(error.get("type")), provider=self.provider, model=self.requested)
                     break
                 # ping, content_block_start/stop and future event types need nothing.
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -4,14 +4,19 @@ An attempt may be abandoned for the next model only before any of its text was y
 text has gone out, a failure ends the stream (nothing is repeated or silently switched). A chain
 that restarts (`restarting()`, for clients that can take text back) goes on to the next model
 after such a failure too, and says so with a `Restarted` event just before the new text.
+
+Each model may have its own options (`ModelOptions`): its first-token timeout, and what it is
+sent: a request's `max_tokens` above the model's `max_tokens_limit` is lowered to it, and its
+temperature is left out for a model that takes none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 
 from providers.base import (
     AttemptFailed,
@@ -24,6 +29,7 @@ from providers.base import (
     TextDelta,
 )
 from providers.circuit import Circuit
+from providers.endpoints import ModelOptions
 
 # When models fail differently, the client hears about the most transient failure: these
 # tiers first, and within a tier the last model's.
@@ -42,11 +48,13 @@ class FallbackChain:
         cooldown_failures: int = 3,
         cooldown_seconds: float = 30.0,
         circuits: dict[str, Circuit] | None = None,
+        options: Mapping[str, ModelOptions] | None = None,
         restart_after_text: bool = False,
     ) -> None:
         self.models = tuple(models)
         self.restart_after_text = restart_after_text
-        self.first_token_timeout = first_token_timeout
+        self.first_token_timeout = first_token_timeout  # for a model without options of its own
+        self.options = dict(options or {})
         self.retry_after_max = retry_after_max
         # Shared by every view of the chain (see `starting_at`): one circuit per model.
         self.circuits = circuits if circuits is not None else {
@@ -61,14 +69,26 @@ class FallbackChain:
             first_token_timeout=self.first_token_timeout,
             retry_after_max=self.retry_after_max,
             circuits=self.circuits,
+            options=self.options,
             restart_after_text=self.restart_after_text,
         )
 
     def restarting(self) -> FallbackChain:
         """The same chain, going on to the next model when one fails after its text went out."""
-        chain = copy.copy(self)  # the models and their circuits are shared
+        chain = copy.copy(self)  # the models, their options and circuits are shared
         chain.restart_after_text = True
         return chain
+
+    def _for_model(self, model: Provider, request: ModelRequest) -> tuple[float, ModelRequest]:
+        """The first-token timeout for `model`, and the request as that model is sent it."""
+        options = self.options.get(model.name)
+        if options is None:
+            return self.first_token_timeout, request
+        if request.max_tokens > options.max_tokens_limit:
+            request = replace(request, max_tokens=options.max_tokens_limit)
+        if not options.temperature and request.temperature is not None:
+            request = replace(request, temperature=None)
+        return options.first_token_timeout, request
 
     def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         tries = self._tries(request)
@@ -101,13 +121,14 @@ class FallbackChain:
         """One model: its events, or (before any text) a failure recorded in `errors`.
         A failure after text, or one that another model cannot fix, is raised."""
         circuit = self.circuits[model.name]
+        first_token_timeout, request = self._for_model(model, request)
         verdict = False
         retried = False
         try:
             while True:
                 started = False
                 try:
-                    async with asyncio.timeout(self.first_token_timeout) as first_token:
+                    async with asyncio.timeout(first_token_timeout) as first_token:
                         async with aclosing(model.stream(request)) as events:
                             async for event in events:
                                 if not started:

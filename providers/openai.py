@@ -19,11 +19,10 @@ from providers.base import (
     TextDelta,
     Usage,
 )
+from providers.endpoints import Endpoint
 from providers.errors import UpstreamErrors, interrupted
 from providers.sse import SSEDecoder, may_hold_surrogates, repaired
 from providers.transport import create_sdk_client
-
-PROVIDER = "openai"
 
 # This SDK adds its retry count and read timeout after the client's headers unless the request
 # itself removes them.
@@ -33,28 +32,43 @@ _REQUEST_HEADERS = {"x-stainless-retry-count": openai.omit, "x-stainless-read-ti
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
-def create_client(
-    *, api_key: str, base_url: str | None, connect_timeout: float, idle_timeout: float
-) -> openai.AsyncOpenAI:
+# Sent by this SDK when OPENAI_ORG_ID / OPENAI_PROJECT_ID are set: meant for OpenAI's own API, so
+# left out for every other endpoint (an endpoint's own `headers` may still set them).
+_OPENAI_ACCOUNT_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
+
+
+def create_client(endpoint: Endpoint, *, connect_timeout: float, idle_timeout: float) -> openai.AsyncOpenAI:
+    headers: dict[str, Any] = dict(endpoint.headers)
+    if not endpoint.builtin:
+        given = {name.lower() for name in headers}
+        headers.update({name: openai.omit for name in _OPENAI_ACCOUNT_HEADERS if name.lower() not in given})
     return create_sdk_client(
         openai,
         openai.AsyncOpenAI,
-        api_key=api_key,
-        base_url=base_url,
+        api_key=endpoint.api_key or "",
+        base_url=endpoint.base_url,
         connect_timeout=connect_timeout,
         idle_timeout=idle_timeout,
+        headers=headers,
     )
 
 
+def create_model(client: openai.AsyncOpenAI, model: str, endpoint: Endpoint) -> OpenAIModel:
+    return OpenAIModel(client, model, endpoint=endpoint.name, max_tokens_field=endpoint.max_tokens_field or "max_tokens")
+
+
 class OpenAIModel:
-    def __init__(self, client: openai.AsyncOpenAI, model: str, *, max_tokens_field: str = "max_tokens") -> None:
+    def __init__(
+        self, client: openai.AsyncOpenAI, model: str, *, endpoint: str = "openai", max_tokens_field: str = "max_tokens"
+    ) -> None:
         self.client = client
         self.model = model
-        self.name = f"{PROVIDER}/{model}"
+        self.provider = endpoint
+        self.name = f"{endpoint}/{model}"
         # Resolved once, here: the SDK imports its resource modules on first use, and they belong
         # with the rest of startup (see `service.__main__._freeze_heap`).
         self._create = client.chat.completions.with_streaming_response.create
-        self.errors = UpstreamErrors.of_sdk(openai, PROVIDER, model)
+        self.errors = UpstreamErrors.of_sdk(openai, endpoint, model)
         # OpenAI's own newer models want `max_completion_tokens`; compatible servers know `max_tokens`.
         self.max_tokens_field = max_tokens_field
 
@@ -76,7 +90,7 @@ class OpenAIModel:
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         with self.errors:
             async with self._create(**self._params(request)) as response:
-                chunks = _CompletionChunks(self.model)
+                chunks = _CompletionChunks(self.provider, self.model)
                 async for chunk in response.iter_bytes():
                     if not chunks.done:  # else read the body to its end: the connection is reused
                         for text in chunks.feed(chunk):
@@ -85,18 +99,19 @@ class OpenAIModel:
                             raise chunks.error
         # Some compatible servers end the body after the finish reason without `[DONE]`.
         if not chunks.done and chunks.stop_reason is None:
-            raise interrupted(PROVIDER, self.model)
-        yield Finish(chunks.model, PROVIDER, chunks.stop_reason, chunks.usage)
+            raise interrupted(self.provider, self.model)
+        yield Finish(chunks.model, self.provider, chunks.stop_reason, chunks.usage)
 
 
 class _CompletionChunks:
     """One chunk stream, decoded: text pieces out, the rest kept for `Finish` (as for Anthropic,
     no parsed chunk outlives the bytes it came in)."""
 
-    __slots__ = ("sse", "requested", "model", "usage", "stop_reason", "done", "error")
+    __slots__ = ("sse", "provider", "requested", "model", "usage", "stop_reason", "done", "error")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, provider: str, model: str) -> None:
         self.sse = SSEDecoder()
+        self.provider = provider
         self.requested = self.model = model
         self.usage = Usage()
         self.stop_reason: str | None = None
@@ -121,7 +136,7 @@ class _CompletionChunks:
                 if counts := event.get("usage"):
                     self.usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
                 if "error" in event:
-                    self.error = _stream_error(self.requested)
+                    self.error = _stream_error(self.provider, self.requested)
                     break
                 self.model = event.get("model") or self.model
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -129,11 +144,11 @@ class _CompletionChunks:
         return texts
 
 
-def _stream_error(model: str) -> ProviderError:
+def _stream_error(provider: str, model: str) -> ProviderError:
     return ProviderError(
         "upstream_error",
         "The model service reported an error while answering.",
-        provider=PROVIDER,
+        provider=provider,
         model=model,
         fallback=True,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 
@@ -39,6 +40,7 @@ def create_sdk_client(
     base_url: str | None,
     connect_timeout: float,
     idle_timeout: float,
+    headers: Mapping[str, Any] | None = None,
 ) -> Client:
     """A vendor SDK's async client (`sdk`: the `anthropic` or `openai` module, which are built
     alike) as the relay uses it:
@@ -48,7 +50,7 @@ def create_sdk_client(
     - the SDK's aiohttp transport, which parses HTTP in C: a third of the relay's CPU less than
       the default one;
     - `idle_timeout` as the read timeout: a model that goes silent mid-answer is given up on;
-    - no telemetry headers.
+    - no telemetry headers; `headers` (an endpoint's own) with every request.
     """
     timeout = sdk.Timeout(idle_timeout, connect=connect_timeout)
     return client_class(  # type: ignore[call-arg]
@@ -56,6 +58,6 @@ def create_sdk_client(
         base_url=base_url,
         max_retries=0,
         timeout=timeout,
-        default_headers=dict.fromkeys(TELEMETRY_HEADERS, sdk.omit),
+        default_headers={**dict.fromkeys(TELEMETRY_HEADERS, sdk.omit), **(headers or {})},
         http_client=sdk.DefaultAioHttpClient(timeout=timeout, limits=UPSTREAM_LIMITS),
     )

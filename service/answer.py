@@ -143,13 +143,15 @@ async def stream_answer(
     deadline: float,
     ping_interval: float,
     in_flight: MutableSet[Cutoff],
+    outcome: Outcome | None = None,
     message_id: str | None = None,
 ) -> EventStream:
-    """Stream the answer in `wire`'s format (`message_id`: the id it is stored under, if any).
-    Once the headers are out, nothing that raises (short of the client leaving) ends the stream
+    """Stream the answer in `wire`'s format (into `outcome`, when the caller keeps it;
+    `message_id`: the id it is stored under, if any). Once the headers are out, nothing that
+    raises (short of the client leaving) ends the stream
     without its terminal event."""
     response = EventStream(ping_interval=ping_interval, keepalive=wire.keepalive, headers=wire.headers)
-    outcome = Outcome()
+    outcome = outcome if outcome is not None else Outcome()
     cutoff = Cutoff()
     in_flight.add(cutoff)
 
@@ -207,9 +209,10 @@ async def collect_answer(
     *,
     deadline: float,
     in_flight: MutableSet[Cutoff],
+    outcome: Outcome | None = None,
 ) -> web.Response:
     """The whole answer at once, for `stream: false`, as `wire`'s JSON body."""
-    outcome = Outcome()
+    outcome = outcome if outcome is not None else Outcome()
     cutoff = Cutoff()
     in_flight.add(cutoff)
     try:

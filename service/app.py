@@ -56,15 +56,12 @@ def create_app(settings: Settings) -> web.Application:
 async def _models(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     registry = ModelRegistry(
-        settings.models,
-        api_keys={p: settings.api_key(p) for p in ("anthropic", "openai")},
-        base_urls={"anthropic": settings.anthropic_base_url, "openai": settings.openai_base_url},
-        connect_timeout=settings.connect_timeout,
-        idle_timeout=settings.idle_timeout,
+        settings.catalog, connect_timeout=settings.connect_timeout, idle_timeout=settings.idle_timeout
     )
     app[REGISTRY] = registry
     app[CHAIN] = FallbackChain(
         registry.models,
+        options=registry.options,
         first_token_timeout=settings.first_token_timeout,
         retry_after_max=settings.retry_after_max,
         cooldown_failures=settings.cooldown_failures,

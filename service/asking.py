@@ -11,7 +11,7 @@ from aiohttp import web
 from providers.base import ModelRequest, Provider
 from providers.fallback import FallbackChain
 from service.answer import AnswerEnd, collect_answer, stream_answer
-from service.app_keys import CHAIN, IN_FLIGHT, REGISTRY, SETTINGS, USER_LIMITER
+from service.app_keys import CHAIN, IN_FLIGHT, REGISTRY, SETTINGS, STORAGE, USER_LIMITER
 from service.body import invalid
 from service.conversations import begin_turn, follow_chat, store_answer
 from service.datecontext import with_date_context
@@ -19,6 +19,7 @@ from service.errors import ApiError, request_log
 from service.formats import WireFormat
 from service.history import as_turn, fit_history
 from service.limits import end_user_of
+from service.outcome import Outcome
 from storage import ClientMessage
 
 NO_MODELS = (
@@ -81,6 +82,7 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
         user_limiter.admit(end_user)
     with user_limiter.stream(end_user) if end_user is not None else _NO_SLOT:
         model_request = asked.model_request
+        outcome = Outcome()
         store = None
         turn = None
         if asked.thread_id is not None:
@@ -94,6 +96,8 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
             messages = fit_history(turn.history, new_turn, model_request.system, settings.history_max_chars)
             model_request = replace(model_request, messages=messages)
             store = store_answer(request, asked.thread_id, turn.assistant_message_id, started + settings.request_timeout)
+            # Its text is saved as it grows, so that a crash of this process loses little of it.
+            request.app[STORAGE].partials.track(turn.assistant_message_id, outcome.text)
         end = AnswerEnd(request, store)
         if asked.stream:
             return await stream_answer(
@@ -105,10 +109,17 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
                 deadline=settings.request_timeout,
                 ping_interval=settings.keepalive_interval,
                 in_flight=request.app[IN_FLIGHT],
+                outcome=outcome,
                 message_id=turn.assistant_message_id if turn is not None else None,
             )
         return await collect_answer(
-            asked.provider, model_request, wire, end, deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT]
+            asked.provider,
+            model_request,
+            wire,
+            end,
+            deadline=settings.request_timeout,
+            in_flight=request.app[IN_FLIGHT],
+            outcome=outcome,
         )
 
 

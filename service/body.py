@@ -103,8 +103,10 @@ def validate(model: type[Body], data: dict[str, Any], settings: Settings) -> Bod
         raise invalid(describe_errors(exc)) from None
     details = []
     max_tokens = getattr(body, "max_tokens", None)
-    if max_tokens is not None and max_tokens > settings.max_tokens_limit:
-        details.append({"field": "max_tokens", "message": f"max_tokens must be at most {settings.max_tokens_limit}"})
+    # A request that names a model may ask for as much as that model takes.
+    limit = settings.max_tokens_limit_for(getattr(body, "model", None))
+    if max_tokens is not None and max_tokens > limit:
+        details.append({"field": "max_tokens", "message": f"max_tokens must be at most {limit}"})
     zone = getattr(body, "timezone", None)
     if zone is not None and not is_known_zone(zone):
         details.append({"field": "timezone", "message": f"timezone {zone[:64]!r} is not a known IANA time zone, such as 'Europe/Berlin'"})

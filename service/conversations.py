@@ -25,6 +25,7 @@ from storage import (
     StoredMessage,
     ThreadNotFound,
     Turn,
+    new_message_id,
 )
 
 log = structlog.get_logger("ai_stream")
@@ -42,7 +43,10 @@ async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, 
     turn_of = [(m.role, m.content) for m in messages]
     history_limit = request.app[SETTINGS].history_limit
     return await _reserve(
-        request, thread_id, user_id, lambda store, owner: store.begin_turn(thread_id, owner, turn_of, history_limit)
+        request, thread_id, user_id, "begin_turn",
+        lambda store, owner, assistant_id, writer: store.begin_turn(
+            thread_id, owner, turn_of, history_limit, assistant_message_id=assistant_id, writer=writer
+        ),
     )
 
 
@@ -53,7 +57,10 @@ async def follow_chat(
     before anything is sent upstream (see `Store.follow_chat`)."""
     history_limit = request.app[SETTINGS].history_limit
     return await _reserve(
-        request, thread_id, user_id, lambda store, owner: store.follow_chat(thread_id, owner, conversation, history_limit)
+        request, thread_id, user_id, "follow_chat",
+        lambda store, owner, assistant_id, writer: store.follow_chat(
+            thread_id, owner, conversation, history_limit, assistant_message_id=assistant_id, writer=writer
+        ),
     )
 
 
@@ -61,35 +68,56 @@ async def _reserve(
     request: web.Request,
     thread_id: str,
     user_id: str | None,
-    write: Callable[[Store, Owner], Coroutine[Any, Any, Turn]],
+    operation: str,
+    write: Callable[[Store, Owner, str, str | None], Coroutine[Any, Any, Turn]],
 ) -> Turn:
+    """Run `write` (a turn's one transaction) with the answer's row reserved under an id chosen
+    here, so that whatever the store says (or fails to say: a commit whose outcome is unknown),
+    that row can be closed later and never stays `pending`."""
     state = request.app[STORAGE]
+    assistant_id = new_message_id()
     try:
         await state.ensure_open()
-        storing = asyncio.ensure_future(write(state.store, owner_of(request, user_id)))
+        storing = asyncio.ensure_future(write(state.store, owner_of(request, user_id), assistant_id, state.writer))
         try:
             turn = await asyncio.shield(storing)
         except asyncio.CancelledError:
             # The client left while the turn was being stored: once it is, close the answer it
             # reserved, so that no row stays `pending`.
-            storing.add_done_callback(lambda done: _close_abandoned(state, thread_id, done))
+            storing.add_done_callback(lambda done: _close_abandoned(state, thread_id, assistant_id, done))
             raise
     except ThreadNotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None
-    except StorageError:
+    except ValueError:
+        raise  # a bad argument: a bug, reported as one
+    except Exception as exc:  # StorageError, or a driver fault the store did not foresee
         state.record(False)
+        if not isinstance(exc, StorageError):
+            log.error("storage_fault", operation=operation, thread_id=thread_id, error=type(exc).__name__)
+        # The turn may have been committed all the same: close its answer through the backlog
+        # (a no-op when nothing was stored).
+        state.defer(DeferredAnswer(assistant_id, thread_id, _never_answered()))
         raise ApiError(503, "storage_unavailable", UNAVAILABLE, headers={"Retry-After": "5"}) from None
     state.record(True)
     return turn
 
 
-def _close_abandoned(state: StorageState, thread_id: str, storing: asyncio.Future[Turn]) -> None:
-    if storing.cancelled() or storing.exception() is not None:
+def _never_answered() -> dict[str, Any]:
+    return {"content": "", "status": "error", "model": None, "provider": None,
+            "stop_reason": None, "input_tokens": None, "output_tokens": None}
+
+
+def _close_abandoned(state: StorageState, thread_id: str, assistant_id: str, storing: asyncio.Future[Turn]) -> None:
+    if storing.cancelled():
+        return
+    if storing.exception() is None:
+        fields = {**_never_answered(), "status": "interrupted"}
+    elif isinstance(storing.exception(), ThreadNotFound | ValueError):
         return  # nothing was stored
-    fields = {"content": "", "status": "interrupted", "model": None, "provider": None,
-              "stop_reason": None, "input_tokens": None, "output_tokens": None}
+    else:
+        fields = _never_answered()  # the outcome of the commit is unknown: close it if it exists
     # Through the backlog, which retries until the store takes it.
-    state.defer(DeferredAnswer(storing.result().assistant_message_id, thread_id, fields))
+    state.defer(DeferredAnswer(assistant_id, thread_id, fields))
 
 
 def store_answer(
@@ -111,18 +139,19 @@ def store_answer(
             "input_tokens": finish.usage.input_tokens if finish else None,
             "output_tokens": finish.usage.output_tokens if finish else None,
         }
+        state.partials.forget(message_id)
         delay = 0.05
         while True:
             try:
                 await state.ensure_open()
                 stored = await state.store.finish_assistant_message(message_id, **fields)
-            except StorageError as exc:
-                state.record(not isinstance(exc, StorageUnavailable))
+            except Exception as exc:  # StorageError, or a driver fault the store did not foresee
+                state.record(not isinstance(exc, StorageUnavailable) and isinstance(exc, StorageError))
                 if time.monotonic() + delay > deadline:
                     # Not stored in time: the client hears so, and the answer waits in memory
                     # until the store is back, so that its row does not stay `pending`.
                     app[METRICS].storage_write_failures.inc()
-                    log.error("answer_not_stored", thread_id=thread_id, message_id=message_id, error=type(exc).__name__, retrying=True)
+                    log.error("answer_write_deferred", thread_id=thread_id, message_id=message_id, error=type(exc).__name__)
                     state.defer(DeferredAnswer(message_id, thread_id, fields))
                     return False
                 await asyncio.sleep(delay)
@@ -130,8 +159,9 @@ def store_answer(
                 continue
             state.record(True)
             if not stored:
-                # The thread was deleted while the answer streamed: there is nothing to store it in.
-                log.info("answer_not_stored", thread_id=thread_id, message_id=message_id, reason="thread_deleted")
+                # No pending row to finish: the thread was deleted while the answer streamed,
+                # or the row was closed as abandoned (this process was taken for dead).
+                log.info("answer_row_gone", thread_id=thread_id, message_id=message_id)
             return stored
 
     async def store(outcome: Outcome) -> Receipt:

@@ -65,6 +65,8 @@ class Outcome:
             fields.update(model=self.finish.model, provider=self.finish.provider, output_tokens=self.finish.usage.output_tokens)
         if self.error is not None:
             fields["error_code"] = self.error.code
+            if self.error.provider:  # the `endpoint/model` whose failure the client was told of
+                fields["error_model"] = f"{self.error.provider}/{self.error.model}"
         return fields
 
 

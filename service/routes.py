@@ -82,11 +82,20 @@ async def health(request: web.Request) -> web.Response:
         {
             "name": info.name,
             "provider": info.provider,
+            "endpoint": info.endpoint.name,
+            "api": info.endpoint.api,
             "model": info.model,
+            "alias": info.options.alias,
+            "max_tokens_limit": info.options.max_tokens_limit,
             "has_credentials": info.has_credentials,
             **({"circuit": circuits[info.name].snapshot()} if info.name in circuits else {}),
         }
         for info in registry.info
+    ]
+    # Never an address or a key: a base URL may hold credentials, and says where the service's network reaches.
+    endpoints = [
+        {"name": endpoint.name, "api": endpoint.api, "has_credentials": endpoint.has_credentials}
+        for endpoint in registry.catalog.endpoints
     ]
     primary = registry.info[0]
     storage = request.app[STORAGE]
@@ -101,6 +110,7 @@ async def health(request: web.Request) -> web.Response:
             "model": primary.model,
             "provider": primary.provider,
             "models": models,
+            "endpoints": endpoints,
             "open_streams": len(request.app[IN_FLIGHT]),
             "storage": {"backend": storage.store.backend, "ok": storage.ok},
             "version": __version__,

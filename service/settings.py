@@ -1,56 +1,28 @@
-"""Configuration from environment variables (and an optional `.env` file)."""
+"""Configuration from environment variables (and an optional `.env` file), and the endpoints
+and models from those and the `AI_CONFIG` file (read by `providers.config`)."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 import zoneinfo
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from providers.config import BUILTIN_ENDPOINTS, ENDPOINT_PREFIX, ConfigProblem, load_catalog
+from providers.endpoints import ModelCatalog, ModelSpec, parse_models
 from storage import create_store
 
-PROVIDERS = ("anthropic", "openai")
+__all__ = ["ConfigError", "ModelSpec", "Settings", "load_settings", "parse_models"]
+
 DEFAULT_MODELS = "anthropic/claude-sonnet-4-5,anthropic/claude-haiku-4-5"
-
-
-class ModelSpec(str):
-    """A `provider/model` string, checked at start-up."""
-
-    @property
-    def provider(self) -> str:
-        return self.split("/", 1)[0]
-
-    @property
-    def model(self) -> str:
-        return self.split("/", 1)[1]
-
-
-def parse_models(value: object) -> list[ModelSpec]:
-    if isinstance(value, str):
-        items = [item.strip() for item in value.split(",")]
-    elif isinstance(value, list | tuple):
-        items = [str(item).strip() for item in value]
-    else:
-        raise ValueError("must be a comma-separated list of provider/model")
-    if not items or any(not item for item in items):
-        raise ValueError("must be a comma-separated list of provider/model with no empty entries")
-    specs: list[ModelSpec] = []
-    for item in items:
-        provider, sep, model = item.partition("/")
-        if not sep or not model.strip():
-            raise ValueError(f"{item!r} is not of the form provider/model")
-        if provider not in PROVIDERS:
-            raise ValueError(f"unknown provider {provider!r} in {item!r} (known: {', '.join(PROVIDERS)})")
-        spec = ModelSpec(f"{provider}/{model.strip()}")
-        if spec in specs:
-            raise ValueError(f"{item!r} is listed twice")
-        specs.append(spec)
-    return specs
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +69,9 @@ class Settings(BaseSettings):
         default_factory=lambda: parse_models(DEFAULT_MODELS),
         validation_alias=AliasChoices("AI_MODELS", "models"),
     )
+    # Endpoints and per-model options beyond the built-in ones (see providers/config.py).
+    config: Path | None = Field(None, validation_alias=AliasChoices("AI_CONFIG", "config"))
+    # The built-in endpoints, set by the variables they have always had.
     anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "anthropic_api_key"))
     anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "anthropic_base_url"))
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
@@ -125,6 +100,9 @@ class Settings(BaseSettings):
     history_limit: int = Field(50, ge=0, le=1000, validation_alias=AliasChoices("AI_HISTORY_LIMIT", "history_limit"))
     # Characters of stored history replayed with a new turn (the turn itself included).
     history_max_chars: int = Field(400_000, ge=1000, validation_alias=AliasChoices("AI_HISTORY_MAX_CHARS", "history_max_chars"))
+    # A process that has not heart-beaten (every AI_STORAGE_CHECK_INTERVAL) for this long is taken
+    # for dead, and the answers it left `pending` are closed as `interrupted`.
+    writer_stale_after: float = Field(30.0, ge=1, validation_alias=AliasChoices("AI_WRITER_STALE_AFTER", "writer_stale_after"))
     # How often the text of answers in progress is written to their rows (what a crash can lose).
     partial_flush_interval: PositiveSeconds = Field(1.0, validation_alias=AliasChoices("AI_PARTIAL_FLUSH_INTERVAL", "partial_flush_interval"))
     storage_check_interval: PositiveSeconds = Field(5.0, validation_alias=AliasChoices("AI_STORAGE_CHECK_INTERVAL", "storage_check_interval"))
@@ -194,9 +172,19 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    def api_key(self, provider: str) -> str | None:
-        secret = self.anthropic_api_key if provider == "anthropic" else self.openai_api_key
-        return secret.get_secret_value() if secret is not None and secret.get_secret_value() else None
+    _catalog: ModelCatalog | None = PrivateAttr(default=None)
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The endpoints and the chain's models with their options (read once, by `load_settings`)."""
+        if self._catalog is None:
+            self._catalog = _load_catalog(self)
+        return self._catalog
+
+    def max_tokens_limit_for(self, requested: str | None) -> int:
+        """The most `max_tokens` a request may ask for: the named model's limit, if it names one."""
+        info = self.catalog.resolve(requested) if requested is not None else None
+        return info.options.max_tokens_limit if info is not None else self.max_tokens_limit
 
 
 # Field name -> environment variable, for error messages that name what the operator set.
@@ -219,6 +207,7 @@ def load_settings(**overrides: object) -> Settings:
         env = ENV_NAMES.get(field, field.upper())
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"invalid setting {env}: {message}") from None
+    settings.catalog  # noqa: B018  (read now: a mistake stops the start)
     try:
         create_store(settings.database_url)
     except ValueError as exc:
@@ -233,6 +222,33 @@ def load_settings(**overrides: object) -> Settings:
     if settings.default_max_tokens > settings.max_tokens_limit:
         raise ConfigError("invalid setting AI_DEFAULT_MAX_TOKENS: must not exceed AI_MAX_TOKENS_LIMIT")
     return settings
+
+
+def _load_catalog(settings: Settings) -> ModelCatalog:
+    dotenv = settings.model_config.get("env_file")
+    environ = {
+        name: value
+        for name, value in {**(dotenv_values(dotenv) if isinstance(dotenv, str) else {}), **os.environ}.items()
+        if name.startswith(ENDPOINT_PREFIX) and value is not None
+    }
+    field_of = {env: name for name, env in ENV_NAMES.items()}
+    builtin_values: dict[str, str | None] = {}
+    for builtin in BUILTIN_ENDPOINTS.values():
+        for variable in (builtin.api_key_variable, builtin.base_url_variable):
+            value = getattr(settings, field_of[variable])
+            builtin_values[variable] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    try:
+        return load_catalog(
+            models=settings.models if "models" in settings.model_fields_set else None,
+            default_models=parse_models(DEFAULT_MODELS),
+            environ=environ,
+            builtin_values=builtin_values,
+            config_path=settings.config,
+            first_token_timeout=settings.first_token_timeout,
+            max_tokens_limit=settings.max_tokens_limit,
+        )
+    except ConfigProblem as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def is_loopback(host: str) -> bool:

@@ -18,6 +18,7 @@ from .base import (
     StoredMessage,
     ThreadNotFound,
     Turn,
+    new_message_id,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ThreadNotFound",
     "Turn",
     "create_store",
+    "new_message_id",
 ]
 
 # Relative to the working directory; the folder is created by `open()`.

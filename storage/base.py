@@ -111,9 +111,32 @@ class Store(Protocol):
         owner: Owner,
         messages: Sequence[tuple[str, str]],
         history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
     ) -> Turn:
         """In one transaction: create the thread if missing (else check its owner), read the
-        history, append `messages` as "complete" and reserve a pending assistant row."""
+        history, append `messages` as "complete" and reserve a pending assistant row (with the
+        given id, when the caller chose it, and marked as written by `writer`)."""
+        ...
+
+    async def save_partial(self, answers: Sequence[tuple[str, str]]) -> None:
+        """Write the text so far of pending answers, given as (message id, content); rows no
+        longer pending are left as they are."""
+        ...
+
+    async def heartbeat(self, writer: str) -> None:
+        """Record that the process `writer` is alive (registering it the first time)."""
+        ...
+
+    async def retire_writer(self, writer: str) -> None:
+        """The process `writer` stops cleanly: forget it."""
+        ...
+
+    async def close_abandoned(self, stale_after: float) -> int:
+        """Close as `interrupted` (keeping their text) the pending answers of writers that have
+        not heart-beaten for `stale_after` seconds (and of writers that never registered, once
+        they are older than that and LEGACY_PENDING_AFTER). Returns how many were closed."""
         ...
 
     async def follow_chat(
@@ -122,10 +145,13 @@ class Store(Protocol):
         owner: Owner,
         messages: Sequence[ClientMessage],
         history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
     ) -> Turn:
         """In one transaction: create the thread if missing (else check its owner), make the
         stored thread follow `messages` (the client's whole conversation, oldest first), and
-        reserve a pending assistant row. The longest start of the stored thread that matches
+        reserve a pending assistant row (as `begin_turn` does: its id, its writer). The longest start of the stored thread that matches
         `messages` (same ids, roles and contents) is kept, stored messages after it are deleted
         and the rest of `messages` is appended as "complete". `history` is what is replayable
         of the kept start (its newest `history_limit` messages); the appended messages are the
@@ -156,6 +182,11 @@ class Store(Protocol):
         ...
 
     async def delete_thread(self, thread_id: str, owner: Owner) -> None: ...
+
+
+# Pending rows from before writers were recorded are closed once they are this old (seconds):
+# no answer lasts that long.
+LEGACY_PENDING_AFTER = 900.0
 
 
 def new_message_id() -> str:
@@ -198,14 +229,15 @@ def turn_rows(
     messages: list[tuple[str, str]],
     user_ids: list[str],
     assistant_id: str,
-) -> list[tuple[str, str, int, str, str, str]]:
-    """(id, thread_id, seq, role, content, status) of a turn's new rows, numbered after
+    writer: str | None = None,
+) -> list[tuple[str, str, int, str, str, str, str | None]]:
+    """(id, thread_id, seq, role, content, status, writer) of a turn's new rows, numbered after
     `last_seq`: the given messages as "complete", then the pending assistant row."""
     rows = [
-        (message_id, thread_id, last_seq + offset, role, content, COMPLETE)
+        (message_id, thread_id, last_seq + offset, role, content, COMPLETE, writer)
         for offset, (message_id, (role, content)) in enumerate(zip(user_ids, messages), 1)
     ]
-    rows.append((assistant_id, thread_id, last_seq + len(rows) + 1, "assistant", "", PENDING))
+    rows.append((assistant_id, thread_id, last_seq + len(rows) + 1, "assistant", "", PENDING, writer))
     return rows
 
 
@@ -244,14 +276,15 @@ def chat_rows(
     messages: Sequence[ClientMessage],
     new_ids: list[str],
     assistant_id: str,
-) -> list[tuple[str, str, int, str, str, str, str | None]]:
-    """(id, thread_id, seq, role, content, status, client_message_id) of the rows `follow_chat`
-    appends after `last_seq`: `messages` as "complete", then the pending assistant row."""
-    rows: list[tuple[str, str, int, str, str, str, str | None]] = [
-        (message_id, thread_id, last_seq + offset, m.role, m.content, COMPLETE, m.id)
+    writer: str | None = None,
+) -> list[tuple[str, str, int, str, str, str, str | None, str | None]]:
+    """(id, thread_id, seq, role, content, status, writer, client_message_id) of the rows
+    `follow_chat` appends after `last_seq`: `messages` as "complete", then the pending row."""
+    rows: list[tuple[str, str, int, str, str, str, str | None, str | None]] = [
+        (message_id, thread_id, last_seq + offset, m.role, m.content, COMPLETE, writer, m.id)
         for offset, (message_id, m) in enumerate(zip(new_ids, messages), 1)
     ]
-    rows.append((assistant_id, thread_id, last_seq + len(rows) + 1, "assistant", "", PENDING, None))
+    rows.append((assistant_id, thread_id, last_seq + len(rows) + 1, "assistant", "", PENDING, writer, None))
     return rows
 
 

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from .base import (
+    LEGACY_PENDING_AFTER,
     MESSAGE_COLUMNS,
     ClientMessage,
     Owner,
@@ -69,13 +70,26 @@ SELECT * FROM (
 ) AS recent ORDER BY seq"""
 SELECT_LAST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE thread_id = $1"
 INSERT_MESSAGE = """
-INSERT INTO messages (id, thread_id, seq, role, content, status)
-VALUES ($1, $2, $3, $4, $5, $6)"""
+INSERT INTO messages (id, thread_id, seq, role, content, status, writer)
+VALUES ($1, $2, $3, $4, $5, $6, $7)"""
+SAVE_PARTIAL = "UPDATE messages SET content = $2 WHERE id = $1 AND status = 'pending'"
+HEARTBEAT = """
+INSERT INTO writers (id) VALUES ($1)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"""
+RETIRE_WRITER = "DELETE FROM writers WHERE id = $1"
+# $1: seconds without a heartbeat after which a writer is taken for dead; $2: the same for rows
+# that name no writer (written before writers were recorded).
+CLOSE_ABANDONED = """
+UPDATE messages SET status = 'interrupted'
+WHERE status = 'pending'
+  AND CASE WHEN writer IS NULL THEN created_at < now() - make_interval(secs => $2)
+           ELSE writer NOT IN (SELECT id FROM writers WHERE heartbeat_at > now() - make_interval(secs => $1))
+      END"""
 SELECT_THREAD_MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = $1 ORDER BY seq"
 DELETE_MESSAGES_FROM_SEQ = "DELETE FROM messages WHERE thread_id = $1 AND seq >= $2"
 INSERT_CLIENT_MESSAGE = """
-INSERT INTO messages (id, thread_id, seq, role, content, status, client_message_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7)"""
+INSERT INTO messages (id, thread_id, seq, role, content, status, writer, client_message_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
 FINISH_MESSAGE = """
 UPDATE messages
 SET content = $2, status = $3, model = $4, provider = $5, stop_reason = $6,
@@ -105,6 +119,9 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
     asyncpg.exceptions.InvalidCatalogNameError,  # database does not exist
+    # "Unexpected" client states, met when the server restarts mid-command (a commit whose
+    # outcome is unknown, a connection released while broken): the caller cannot tell more.
+    asyncpg.InternalClientError,
 )
 
 
@@ -220,11 +237,14 @@ class PostgresStore:
         owner: Owner,
         messages: Sequence[tuple[str, str]],
         history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
     ) -> Turn:
         check_limit("history_limit", history_limit)
         new_messages = check_new_messages(messages)
         user_ids = [new_message_id() for _ in new_messages]
-        assistant_id = new_message_id()
+        assistant_id = assistant_message_id or new_message_id()
         async with self._connection() as conn, conn.transaction():
             thread = None
             # The row may vanish between insert and lock if the thread is deleted right then;
@@ -242,7 +262,7 @@ class PostgresStore:
             rows = await conn.fetch(SELECT_HISTORY, thread_id, history_limit)
             history = [_to_message(row) for row in rows]
             last_seq = await conn.fetchval(SELECT_LAST_SEQ, thread_id)
-            new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id)
+            new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id, writer)
             await conn.executemany(INSERT_MESSAGE, new_rows)
         return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
 
@@ -252,10 +272,13 @@ class PostgresStore:
         owner: Owner,
         messages: Sequence[ClientMessage],
         history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
     ) -> Turn:
         check_limit("history_limit", history_limit)
         conversation = check_client_messages(messages)
-        assistant_id = new_message_id()
+        assistant_id = assistant_message_id or new_message_id()
         async with self._connection() as conn, conn.transaction():
             await self._claim_thread(conn, thread_id, owner)
             # Holding the thread's row lock: the comparison and the writes see no other turn.
@@ -265,7 +288,7 @@ class PostgresStore:
                 await conn.execute(DELETE_MESSAGES_FROM_SEQ, thread_id, stored[kept].seq)
             new_ids = [new_message_id() for _ in conversation[kept:]]
             last_seq = stored[kept - 1].seq if kept else 0
-            rows = chat_rows(thread_id, last_seq, conversation[kept:], new_ids, assistant_id)
+            rows = chat_rows(thread_id, last_seq, conversation[kept:], new_ids, assistant_id, writer)
             await conn.executemany(INSERT_CLIENT_MESSAGE, rows)
         history = replayable(stored[:kept], history_limit)
         return Turn(history=history, user_message_ids=new_ids, assistant_message_id=assistant_id)
@@ -304,6 +327,25 @@ class PostgresStore:
                 stop_reason, input_tokens, output_tokens,
             )
         return _affected_rows(result) == 1
+
+    async def save_partial(self, answers: Sequence[tuple[str, str]]) -> None:
+        if not answers:
+            return
+        async with self._connection() as conn:
+            await conn.executemany(SAVE_PARTIAL, [(message_id, clean_text(text)) for message_id, text in answers])
+
+    async def heartbeat(self, writer: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(HEARTBEAT, writer)
+
+    async def retire_writer(self, writer: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(RETIRE_WRITER, writer)
+
+    async def close_abandoned(self, stale_after: float) -> int:
+        async with self._connection() as conn:
+            result = await conn.execute(CLOSE_ABANDONED, float(stale_after), max(float(stale_after), LEGACY_PENDING_AFTER))
+        return _affected_rows(result)
 
     async def list_messages(
         self, thread_id: str, owner: Owner, *, limit: int = 50, before: str | None = None

@@ -13,12 +13,13 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiosqlite
 
 from .base import (
+    LEGACY_PENDING_AFTER,
     MESSAGE_COLUMNS,
     MESSAGE_FIELDS,
     ClientMessage,
@@ -75,13 +76,26 @@ SELECT * FROM (
 ) ORDER BY seq"""
 SELECT_LAST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE thread_id = ?"
 INSERT_MESSAGE = """
-INSERT INTO messages (id, thread_id, seq, role, content, status, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)"""
+INSERT INTO messages (id, thread_id, seq, role, content, status, writer, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+SAVE_PARTIAL = "UPDATE messages SET content = ? WHERE id = ? AND status = 'pending'"
+HEARTBEAT = """
+INSERT INTO writers (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = ?2"""
+RETIRE_WRITER = "DELETE FROM writers WHERE id = ?"
+# ?1: the oldest heartbeat of a live writer; ?2: the same for rows that name no writer. The
+# timestamps are ISO-8601 UTC text of one format, so text order is time order.
+CLOSE_ABANDONED = """
+UPDATE messages SET status = 'interrupted'
+WHERE status = 'pending'
+  AND CASE WHEN writer IS NULL THEN created_at < ?2
+           ELSE writer NOT IN (SELECT id FROM writers WHERE heartbeat_at > ?1)
+      END"""
 SELECT_THREAD_MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = ? ORDER BY seq"
 DELETE_MESSAGES_FROM_SEQ = "DELETE FROM messages WHERE thread_id = ? AND seq >= ?"
 INSERT_CLIENT_MESSAGE = """
-INSERT INTO messages (id, thread_id, seq, role, content, status, client_message_id, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+INSERT INTO messages (id, thread_id, seq, role, content, status, writer, client_message_id, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 FINISH_MESSAGE = """
 UPDATE messages
 SET content = ?, status = ?, model = ?, provider = ?, stop_reason = ?,
@@ -244,11 +258,14 @@ class SqliteStore:
         owner: Owner,
         messages: Sequence[tuple[str, str]],
         history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
     ) -> Turn:
         check_limit("history_limit", history_limit)
         new_messages = check_new_messages(messages)
         user_ids = [new_message_id() for _ in new_messages]
-        assistant_id = new_message_id()
+        assistant_id = assistant_message_id or new_message_id()
         now = _now()
         async with self._transaction() as conn:
             await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
@@ -258,7 +275,7 @@ class SqliteStore:
             rows = await conn.execute_fetchall(SELECT_HISTORY, (thread_id, history_limit))
             history = [_to_message(row) for row in rows]
             [(last_seq,)] = await conn.execute_fetchall(SELECT_LAST_SEQ, (thread_id,))
-            new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id)
+            new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id, writer)
             await conn.executemany(INSERT_MESSAGE, [(*row, now) for row in new_rows])
         return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
 
@@ -268,10 +285,13 @@ class SqliteStore:
         owner: Owner,
         messages: Sequence[ClientMessage],
         history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
     ) -> Turn:
         check_limit("history_limit", history_limit)
         conversation = check_client_messages(messages)
-        assistant_id = new_message_id()
+        assistant_id = assistant_message_id or new_message_id()
         now = _now()
         async with self._transaction() as conn:
             await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
@@ -284,7 +304,7 @@ class SqliteStore:
                 await conn.execute(DELETE_MESSAGES_FROM_SEQ, (thread_id, stored[kept].seq))
             new_ids = [new_message_id() for _ in conversation[kept:]]
             last_seq = stored[kept - 1].seq if kept else 0
-            rows = chat_rows(thread_id, last_seq, conversation[kept:], new_ids, assistant_id)
+            rows = chat_rows(thread_id, last_seq, conversation[kept:], new_ids, assistant_id, writer)
             await conn.executemany(INSERT_CLIENT_MESSAGE, [(*row, now) for row in rows])
         history = replayable(stored[:kept], history_limit)
         return Turn(history=history, user_message_ids=new_ids, assistant_message_id=assistant_id)
@@ -307,6 +327,28 @@ class SqliteStore:
         async with self._connection() as conn:
             cursor = await conn.execute(FINISH_MESSAGE, params)
             return cursor.rowcount == 1
+
+    async def save_partial(self, answers: Sequence[tuple[str, str]]) -> None:
+        if not answers:
+            return
+        async with self._connection() as conn:
+            await conn.executemany(SAVE_PARTIAL, [(clean_text(text), message_id) for message_id, text in answers])
+
+    async def heartbeat(self, writer: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(HEARTBEAT, (writer, _now()))
+
+    async def retire_writer(self, writer: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(RETIRE_WRITER, (writer,))
+
+    async def close_abandoned(self, stale_after: float) -> int:
+        now = datetime.now(UTC)
+        alive_since = (now - timedelta(seconds=stale_after)).isoformat(timespec="microseconds")
+        legacy_since = (now - timedelta(seconds=max(stale_after, LEGACY_PENDING_AFTER))).isoformat(timespec="microseconds")
+        async with self._connection() as conn:
+            cursor = await conn.execute(CLOSE_ABANDONED, (alive_since, legacy_since))
+            return cursor.rowcount
 
     async def list_messages(
         self, thread_id: str, owner: Owner, *, limit: int = 50, before: str | None = None

@@ -56,7 +56,8 @@ def test_settings_from_environment(monkeypatch):
     settings = load_settings()
     assert settings.models == ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5"]
     assert settings.first_token_timeout == 3.5 and settings.date_context is False
-    assert settings.api_key("openai") == "sk-x" and settings.api_key("anthropic") is None
+    endpoints = {e.name: e for e in settings.catalog.endpoints}
+    assert endpoints["openai"].api_key == "sk-x" and endpoints["anthropic"].api_key is None
     assert "sk-x" not in repr(settings)
 
 
@@ -77,7 +78,7 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
 
 
 def test_config_error_names_variable_not_value():
-    with pytest.raises(ConfigError, match="^invalid setting AI_MODELS: unknown provider 'x'"):
+    with pytest.raises(ConfigError, match="^invalid setting AI_MODELS: unknown endpoint 'x'"):
         load_settings(models="x/y")
 
 

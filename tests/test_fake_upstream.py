@@ -320,9 +320,8 @@ async def test_close_ends_stalled_streams_quickly() -> None:
     async with openai.AsyncOpenAI(api_key="k", base_url=upstream.openai_base_url, max_retries=0) as client:
         stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
         await stream.__anext__()
-        started = time.monotonic()
-        await upstream.close()
-        assert time.monotonic() - started < 0.5
+        async with asyncio.timeout(30):  # closing does not wait for the stall to end (an hour)
+            await upstream.close()
         with pytest.raises(openai.APIConnectionError):
             await stream.__anext__()
     assert upstream.disconnects == [] and upstream.requests[0].ended_at is not None

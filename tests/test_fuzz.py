@@ -9,8 +9,7 @@ type and headers, invalid data rejected, and a body matching the documented sche
 events of a `text/event-stream` answer are checked against StreamEvent here.
 
 `test_thread_answers_conform` adds what random data hardly reaches: an existing thread, read
-a page at a time and deleted. The helpers at the top (`ThreadedUpstream`, `run_service`) are
-shared with test_leaks.py.
+a page at a time and deleted. The process helpers are in tests/support/processes.py.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from schemathesis.checks import (
 
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
-from tests.service_process import RunningService, ThreadedUpstream, run_service, service_env
+from tests.support.processes import RunningService, ThreadedUpstream, run_service, service_env  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "openapi.yaml"

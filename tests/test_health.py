@@ -17,10 +17,16 @@ async def test_health_reports_configuration(client, fake_upstream, path):
     assert body["format"] == "Server-Sent Events (SSE)"
     assert body["model"] == "claude-primary" and body["provider"] == "anthropic"
     closed = {"state": "closed", "consecutive_failures": 0, "retry_in_seconds": 0.0}
+    def model(endpoint, name):
+        return {"name": f"{endpoint}/{name}", "provider": endpoint, "endpoint": endpoint, "api": endpoint, "model": name,
+                "alias": None, "max_tokens_limit": 8192, "has_credentials": True, "circuit": closed}
+
     assert body["models"] == [
-        {"name": "anthropic/claude-primary", "provider": "anthropic", "model": "claude-primary", "has_credentials": True, "circuit": closed},
-        {"name": "anthropic/claude-backup", "provider": "anthropic", "model": "claude-backup", "has_credentials": True, "circuit": closed},
-        {"name": "openai/gpt-fallback", "provider": "openai", "model": "gpt-fallback", "has_credentials": True, "circuit": closed},
+        model("anthropic", "claude-primary"), model("anthropic", "claude-backup"), model("openai", "gpt-fallback")
+    ]
+    assert body["endpoints"] == [
+        {"name": "anthropic", "api": "anthropic", "has_credentials": True},
+        {"name": "openai", "api": "openai", "has_credentials": True},
     ]
     assert body["version"] == __version__
     assert fake_upstream.requests == []
@@ -31,6 +37,7 @@ async def test_missing_credentials_are_reported_as_degraded(make_client):
     body = await (await client.get("/health")).json()
     assert body["status"] == "degraded"
     assert [m["has_credentials"] for m in body["models"]] == [True, True, False]
+    assert [(e["name"], e["has_credentials"]) for e in body["endpoints"]] == [("anthropic", True), ("openai", False)]
 
 
 async def test_health_reveals_no_secrets_or_addresses(client, fake_upstream):

@@ -23,7 +23,7 @@ import requests
 
 from tests.conftest import MODELS
 from tests.fake_upstream import Scenario
-from tests.test_fuzz import ThreadedUpstream, run_service, service_env
+from tests.support.processes import ThreadedUpstream, run_service, service_env
 
 ANTHROPIC_KEY = "sk-ant-LEAKMARKER-anthropic-key-Qz7Wk9"
 OPENAI_KEY = "sk-LEAKMARKER-openai-key-Rv4Jm2"

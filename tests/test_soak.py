@@ -22,8 +22,9 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.storage_fixtures import StoreTarget, TcpProxy, with_address
 
 SEED = int(os.environ.get("SOAK_SEED", "20261121"))
-TIME_BOUND = 15.0  # seconds for the whole soak: streams start for 2 x 4 s, then checks and settling
-MIN_STREAMS = 200  # of the main round: fewer means the machine was too slow for a meaningful soak
+# The work is bounded by count, not by time: each round starts all its streams however slow the
+# machine is (the duration is only a backstop that a healthy run never reaches).
+ROUND_BACKSTOP = 120.0
 MIN_CUT_TURNS = 20  # of 800 cut requests, at least this many stored their turn / got no response
 
 
@@ -39,16 +40,14 @@ async def test_soak_streams_storage_and_resources(
     base, port = await service(make_client, store_target)
     # Clients read to the end (70%), close after k events (15%), close after the headers before the
     # first event (10%) or cut the request within 30 ms, mostly before its response (5%).
-    cfg = Config(streams=300, concurrency=150, warmup=150, duration=4.0, seed=SEED)
+    cfg = Config(streams=300, concurrency=150, warmup=150, duration=ROUND_BACKSTOP, seed=SEED)
     started = time.monotonic()
     run = await soak(base, fake_upstream, port, cfg)
-    elapsed = time.monotonic() - started
-    summary = run.summary(elapsed)
+    summary = run.summary(time.monotonic() - started)
     print(summary)
     assert not run.violations, f"SOAK_SEED={SEED}\n{summary}"
-    assert elapsed < TIME_BOUND, summary
     main_round = sum(run.counts["outcomes"].values()) - cfg.warmup
-    assert main_round >= MIN_STREAMS, summary
+    assert main_round == cfg.streams, summary
 
 
 # A client cut while its turn is being stored must not leave the reserved answer `pending` (a bug the

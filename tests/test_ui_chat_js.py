@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from tests.fake_upstream import RecordedRequest, Scenario
-from tests.service_process import ROOT, RunningService, ThreadedUpstream, run_service, service_env
+from tests.support.processes import ROOT, RunningService, ThreadedUpstream, run_service, service_env
 
 JS_DIR = ROOT / "tests" / "js"
 EXAMPLE_DIR = ROOT / "examples" / "nextjs-chat"

@@ -1,5 +1,6 @@
-"""A real service process for tests that need one (`python -m service` on a free port), and the
-fake upstream on its own loop in a thread, so that a process of another language can use both."""
+"""A real service process and a fake upstream for it: the service started as `python -m service`
+(its real entry point) on a free port of 127.0.0.1, the fake upstream on its own event loop in
+a daemon thread, so that a test can kill, restart or fuzz the process."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import requests
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY
 from tests.fake_upstream import FakeUpstream
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class ThreadedUpstream:
