@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import random
 import re
 import sys
@@ -106,6 +107,7 @@ class Config:
     seed: int = 1
     threads: int = 8
     thread_share: float = 0.4
+    ui_share: float = 0.3  # streams through /ai/ui/chat (the UI message stream), each on a chat of its own
     # Clients read to the end, close after k events, close after the headers before any event, or
     # cut the request at a time in `cut_window` (seconds), possibly before its response.
     modes: dict[str, int] = field(default_factory=lambda: {"read": 70, "after_k": 15, "before_first": 10, "cut": 5})
@@ -128,6 +130,8 @@ class Stream:
     problem: str | None = None
     headers_after: float | None = None  # seconds from the request to its response headers
     text: str = ""  # the content received, once checked (then only the last event is kept)
+    ui: bool = False  # through /ai/ui/chat: its chunks are read as the typed events they stand for
+    message_id: str | None = None  # ui: the start chunk's messageId
 
     @classmethod
     def plan(cls, cfg: Config, rid: str, threads: list[str]) -> Stream:
@@ -135,17 +139,70 @@ class Stream:
         thread = rng.choice(threads) if rng.random() < cfg.thread_share else None
         mode = rng.choices(list(cfg.modes), weights=list(cfg.modes.values()))[0]
         wait = rng.uniform(*cfg.cut_window) if mode == "cut" else rng.uniform(0, 0.1)
-        return cls(rid, thread, mode, rng.randint(1, 4), wait)
+        k = rng.randint(1, 4)
+        ui = rng.random() < cfg.ui_share
+        if ui and thread:
+            thread = f"{thread}-ui-{rid}"  # a UI chat follows its client: one of its own
+        return cls(rid, thread, mode, k, wait, ui=ui)
+
+
+def ui_events(s: Stream, raw: bytes, whole: bool) -> list[dict[str, Any]]:
+    """A UI message stream's chunks as the typed events they stand for (text-delta: content,
+    finish: done, error: error, with no code); its framing chunks dropped. With `whole`, the body
+    must end with exactly one `[DONE]`, right after the terminal chunk."""
+    blocks = [b for b in raw.decode().split("\n\n") if b and not all(x.startswith(":") for x in b.split("\n"))]
+    assert not raw or raw.endswith(b"\n\n"), "the stream must end after a complete event"
+    datas = []
+    for block in blocks:
+        assert block.startswith("data: ") and "\n" not in block, f"unexpected SSE block {block!r}"
+        datas.append(block[len("data: "):])
+    if whole:
+        assert datas.count("[DONE]") == 1 and datas[-1] == "[DONE]", f"[DONE] must end the stream once: {datas[-3:]}"
+    events: list[dict[str, Any]] = []
+    for data in datas:
+        if data == "[DONE]":
+            continue
+        chunk = json.loads(data)
+        if chunk["type"] == "start":
+            s.message_id = chunk["messageId"]
+        elif chunk["type"] == "text-delta":
+            events.append({"type": "content", "text": chunk["delta"]})
+        elif chunk["type"] == "finish":
+            meta = chunk["messageMetadata"]
+            done = {"type": "done", "model": meta["model"], "usage": meta["usage"]}
+            if "persisted" in meta:
+                done.update(message_id=s.message_id, persisted=meta["persisted"])
+            events.append(done)
+        elif chunk["type"] == "error":
+            events.append({"type": "error", "error": chunk["errorText"], "code": None})
+        elif chunk["type"] not in UI_FRAMING:
+            events.append({"type": chunk["type"]})  # unknown: check_stream reports it
+    return events
+
+
+UI_FRAMING = {"start-step", "text-start", "text-end", "finish-step"}
+
+
+def ui_body(s: Stream) -> dict[str, Any]:
+    message = {"id": f"q-{s.rid}", "role": "user", "parts": [{"type": "text", "text": f"soak {s.rid}"}]}
+    return {"id": s.thread_id or f"unstored-{s.rid}", "messages": [message], "trigger": "submit-message",
+            "store": s.thread_id is not None}
 
 
 async def run_stream(session: aiohttp.ClientSession, base: str, s: Stream) -> Stream:
     body: dict[str, Any] = {"messages": [{"role": "user", "content": f"soak {s.rid}"}]}
     if s.thread_id:
         body["thread_id"] = s.thread_id
+    if s.ui:
+        body = ui_body(s)
+
+    def events(raw: bytes, whole: bool = True) -> list[dict[str, Any]]:
+        return ui_events(s, raw, whole) if s.ui else parse_events(raw)
+
     sent = time.monotonic()
     try:
         async with asyncio.timeout(s.wait if s.mode == "cut" else HEADERS_TIMEOUT) as limit, \
-                session.post(f"{base}/ai/stream/chat", json=body) as resp:
+                session.post(f"{base}{'/ai/ui/chat' if s.ui else '/ai/stream/chat'}", json=body) as resp:
             s.status, s.headers_after = resp.status, time.monotonic() - sent
             if s.mode != "cut":
                 limit.reschedule(asyncio.get_running_loop().time() + STREAM_TIMEOUT)
@@ -154,13 +211,13 @@ async def run_stream(session: aiohttp.ClientSession, base: str, s: Stream) -> St
             elif resp.status != 200 or resp.content_type != "text/event-stream":
                 s.problem = f"HTTP {resp.status} {resp.content_type}: {(await resp.text())[:200]}"
             elif s.mode in ("read", "cut"):
-                s.events, s.ended = parse_events(await resp.read()), True
+                s.events, s.ended = events(await resp.read()), True
             else:
                 await asyncio.sleep(s.wait if s.mode == "before_first" else 0)
                 while not s.ended and len(s.events) < (s.k if s.mode == "after_k" else 0):
-                    s.events += parse_events(await resp.content.readuntil(b"\n\n"))
+                    s.events += events(await resp.content.readuntil(b"\n\n"), whole=False)
                     s.ended = bool(s.events) and s.events[-1].get("type") in TERMINAL
-                if s.ended and (rest := await resp.read()) and parse_events(rest):
+                if s.ended and (rest := await resp.read()) and (events(rest, whole=False) or (s.ui and rest != b"data: [DONE]\n\n")):
                     s.problem = f"events after the terminal one: {rest[:200]!r}"
                 s.disconnected = not s.ended
                 resp.close()
@@ -191,7 +248,7 @@ def answering(pieces: list[str], rid: str, attempts: Attempts) -> tuple[int | No
 
 
 def check_stream(s: Stream, attempts: Attempts) -> list[str]:
-    where = f"{s.rid} [{s.mode} {s.thread_id or ''}] attempts={[f'{f}@{m}' for m, f, _ in attempts]}"
+    where = f"{s.rid} [{s.mode}{' ui' if s.ui else ''} {s.thread_id or ''}] attempts={[f'{f}@{m}' for m, f, _ in attempts]}"
     if s.problem:
         return [f"{where}: {s.problem}"]
     kinds = [e.get("type") for e in s.events]
@@ -211,7 +268,7 @@ def check_stream(s: Stream, attempts: Attempts) -> list[str]:
     if final.get("type") == "done" and (texts != sc.tokens or fault not in ANSWERS
                                         or (final.get("model"), usage.get("output_tokens")) != (model, len(texts))):
         out.append("done does not match the attempt that answered")
-    elif final.get("type") == "error":
+    elif final.get("type") == "error" and not s.ui:  # the UI stream's error has a sentence, no code
         allowed = ERROR_CODES if n is None else {"timeout"} | AFTER_TEXT.get(fault, set())
         out += [] if final.get("code") in allowed else [f"error code not in {sorted(allowed)}"]
     return [f"{where}: {v}; events={str(s.events)[:300]}" for v in out]
@@ -320,7 +377,8 @@ class Soak:
                 streams.append(self.tally(await run_stream(session, self.base, plan)))
 
         await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
-        self.violations += await check_storage(session, self.base, streams, self.ledger, self.threads)
+        chats = [s.thread_id for s in streams if s.ui and s.thread_id]
+        self.violations += await check_storage(session, self.base, streams, self.ledger, self.threads + chats)
         self.ledger.attempts.clear()
         return streams
 
@@ -337,7 +395,7 @@ class Soak:
         if s.problem or s.disconnected:
             outcome = "client problem" if s.problem else "disconnected" if s.status else "cut before the response"
         self.counts["outcomes"][outcome] += 1
-        self.counts["modes"][s.mode] += 1
+        self.counts["modes"][s.mode + (" (ui)" if s.ui else "")] += 1
         self.counts["attempts"].update(fault for _, fault, _ in tried)
         if s.headers_after is not None:
             bucket = next((f"<{b:g} s" for b in (0.1, 1, 3, 10) if s.headers_after < b), ">=10 s")

@@ -61,7 +61,16 @@ class AttemptFailed:
     type: Literal["attempt_failed"] = "attempt_failed"
 
 
-StreamEvent = TextDelta | Finish | AttemptFailed
+@dataclass(frozen=True, slots=True)
+class Restarted:
+    """The text streamed so far is void: `model` failed after it, and the next model answers
+    from the start (only from a chain that restarts, see `FallbackChain.restarting`)."""
+
+    model: str
+    type: Literal["restarted"] = "restarted"
+
+
+StreamEvent = TextDelta | Finish | AttemptFailed | Restarted
 
 # Machine codes a ProviderError carries; they reach clients as the `code` of an `error` event.
 ErrorCode = Literal[

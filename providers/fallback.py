@@ -1,7 +1,9 @@
 """A chain of models that is itself a provider: the first that starts answering wins.
 
 An attempt may be abandoned for the next model only before any of its text was yielded; once
-text has gone out, a failure ends the stream (nothing is repeated or silently switched).
+text has gone out, a failure ends the stream (nothing is repeated or silently switched). A chain
+that restarts (`restarting()`, for clients that can take text back) goes on to the next model
+after such a failure too, and says so with a `Restarted` event just before the new text.
 
 Each model may have its own options (`ModelOptions`): its first-token timeout, and what it is
 sent: a request's `max_tokens` above the model's `max_tokens_limit` is lowered to it, and its
@@ -11,16 +13,20 @@ temperature is left out for a model that takes none.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
 from providers.base import (
     AttemptFailed,
+    Finish,
     ModelRequest,
     Provider,
     ProviderError,
+    Restarted,
     StreamEvent,
+    TextDelta,
 )
 from providers.circuit import Circuit
 from providers.endpoints import ModelOptions
@@ -43,8 +49,10 @@ class FallbackChain:
         cooldown_seconds: float = 30.0,
         circuits: dict[str, Circuit] | None = None,
         options: Mapping[str, ModelOptions] | None = None,
+        restart_after_text: bool = False,
     ) -> None:
         self.models = tuple(models)
+        self.restart_after_text = restart_after_text
         self.first_token_timeout = first_token_timeout  # for a model without options of its own
         self.options = dict(options or {})
         self.retry_after_max = retry_after_max
@@ -62,7 +70,14 @@ class FallbackChain:
             retry_after_max=self.retry_after_max,
             circuits=self.circuits,
             options=self.options,
+            restart_after_text=self.restart_after_text,
         )
+
+    def restarting(self) -> FallbackChain:
+        """The same chain, going on to the next model when one fails after its text went out."""
+        chain = copy.copy(self)  # the models, their options and circuits are shared
+        chain.restart_after_text = True
+        return chain
 
     def _for_model(self, model: Provider, request: ModelRequest) -> tuple[float, ModelRequest]:
         """The first-token timeout for `model`, and the request as that model is sent it."""
@@ -75,7 +90,11 @@ class FallbackChain:
             request = replace(request, temperature=None)
         return options.first_token_timeout, request
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
+    def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
+        tries = self._tries(request)
+        return _announce_restarts(tries) if self.restart_after_text else tries
+
+    async def _tries(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         errors: list[ProviderError] = []
         answered = [False]
         cooling: list[Provider] = []
@@ -123,13 +142,13 @@ class FallbackChain:
                     if exc.code != "invalid_request":  # the request's fault, not the model's
                         verdict = True
                         circuit.failed()
-                    if started or not exc.fallback:
+                    if not exc.fallback or (started and not self.restart_after_text):
                         raise
                     error = exc
                 except TimeoutError:
                     verdict = True
                     circuit.failed()
-                    if started:
+                    if started and not self.restart_after_text:
                         raise
                     provider, _, model_name = model.name.partition("/")
                     error = ProviderError(
@@ -143,7 +162,7 @@ class FallbackChain:
                 errors.append(error)
                 yield AttemptFailed(model.name, error.provider, error.code, error.status)
                 wait = error.retry_after
-                if error.code == "rate_limited" and not retried and wait is not None and wait <= self.retry_after_max:
+                if error.code == "rate_limited" and not started and not retried and wait is not None and wait <= self.retry_after_max:
                     retried = True
                     await asyncio.sleep(wait)
                     continue
@@ -151,6 +170,26 @@ class FallbackChain:
         finally:
             if not verdict:
                 circuit.released()  # cancelled mid-attempt: no verdict on the model
+
+
+async def _announce_restarts(events: AsyncGenerator[StreamEvent, None]) -> AsyncGenerator[StreamEvent, None]:
+    """`events` with a `Restarted` before the first text (or the finish) of a model that follows
+    one that failed after text: until a new answer starts, the failed one's text stands."""
+    async with aclosing(events):
+        sent = False  # the current attempt's text went out
+        failed: str | None = None  # the model whose sent text is void
+        async for event in events:
+            kind = type(event)
+            if kind is TextDelta or kind is Finish:
+                if failed is not None:
+                    yield Restarted(failed)
+                    failed = None
+                sent = True
+            elif kind is AttemptFailed:
+                if sent:
+                    failed = event.model  # type: ignore[union-attr]
+                sent = False
+            yield event
 
 
 def _final_error(errors: list[ProviderError]) -> ProviderError:

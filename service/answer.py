@@ -18,7 +18,7 @@ from contextlib import aclosing
 import structlog
 from aiohttp import web
 
-from providers.base import AttemptFailed, Finish, ModelRequest, Provider, ProviderError, TextDelta
+from providers.base import AttemptFailed, Finish, ModelRequest, Provider, ProviderError, Restarted, TextDelta
 from service.app_keys import CHAIN, METRICS, REQUEST_ID, REQUEST_LOG
 from service.formats import WireFormat
 from service.outcome import (
@@ -101,9 +101,11 @@ async def _consume(
     model_request: ModelRequest,
     outcome: Outcome,
     on_text: Callable[[str], Awaitable[None]] | None,
+    on_restart: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Read the provider's events into `outcome` within the deadline, handing each text piece to
-    `on_text`; upstream failures and time limits end up in `outcome.error`."""
+    `on_text` (and a restart to `on_restart`); upstream failures and time limits end up in
+    `outcome.error`."""
     started = time.perf_counter()
     text = outcome.text
     try:
@@ -119,6 +121,10 @@ async def _consume(
                     outcome.finish = event
                 elif type(event) is AttemptFailed:
                     outcome.attempts.append(event)
+                elif type(event) is Restarted:
+                    text.clear()  # the answer is the next model's alone
+                    if on_restart is not None:
+                        await on_restart()
     except ProviderError as exc:
         outcome.error = exc
     except TimeoutError:
@@ -138,9 +144,11 @@ async def stream_answer(
     ping_interval: float,
     in_flight: MutableSet[Cutoff],
     outcome: Outcome | None = None,
+    message_id: str | None = None,
 ) -> EventStream:
-    """Stream the answer in `wire`'s format (into `outcome`, when the caller keeps it). Once
-    the headers are out, nothing that raises (short of the client leaving) ends the stream
+    """Stream the answer in `wire`'s format (into `outcome`, when the caller keeps it;
+    `message_id`: the id it is stored under, if any). Once the headers are out, nothing that
+    raises (short of the client leaving) ends the stream
     without its terminal event."""
     response = EventStream(ping_interval=ping_interval, keepalive=wire.keepalive, headers=wire.headers)
     outcome = outcome if outcome is not None else Outcome()
@@ -150,11 +158,14 @@ async def stream_answer(
     async def send_text(text: str) -> None:
         await response.write(wire.text(text))
 
+    async def send_restart() -> None:
+        await response.write(wire.restart())
+
     try:
         await response.prepare(request)
-        if opening := wire.opening():
+        if opening := wire.opening(message_id):
             await response.write(opening)
-        await _consume(cutoff, deadline, provider, model_request, outcome, send_text)
+        await _consume(cutoff, deadline, provider, model_request, outcome, send_text, send_restart)
         receipt = await end(outcome)
         # `end` may have found a fault of ours (a failed store raises nothing: it reports
         # `persisted: false`), so the terminal event is chosen after it.

@@ -23,6 +23,7 @@ from service.settings import Settings
 from service.status import RecentActivity, add_status_routes
 from service.storage_state import storage_context
 from service.threads import add_thread_list_routes
+from service.ui_chat import add_ui_chat_routes
 
 log = structlog.get_logger("ai_stream")
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     add_status_routes(app)
     if settings.playground:
         add_playground_routes(app)
+    add_ui_chat_routes(app)
     setup_cors(app, settings.cors_origins)
     return app
 

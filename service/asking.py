@@ -9,16 +9,18 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 
 from providers.base import ModelRequest, Provider
+from providers.fallback import FallbackChain
 from service.answer import AnswerEnd, collect_answer, stream_answer
 from service.app_keys import CHAIN, IN_FLIGHT, REGISTRY, SETTINGS, STORAGE, USER_LIMITER
 from service.body import invalid
-from service.conversations import begin_turn, store_answer
+from service.conversations import begin_turn, follow_chat, store_answer
 from service.datecontext import with_date_context
 from service.errors import ApiError, request_log
 from service.formats import WireFormat
-from service.history import fit_history
+from service.history import as_turn, fit_history
 from service.limits import end_user_of
 from service.outcome import Outcome
+from storage import ClientMessage
 
 NO_MODELS = (
     "No model is configured with credentials: set ANTHROPIC_API_KEY (or OPENAI_API_KEY for "
@@ -36,9 +38,12 @@ class Asked:
     stream: bool = True
     thread_id: str | None = None
     user_id: str | None = None
+    # The client's whole conversation, which the stored thread follows (/ai/ui/chat); without
+    # it, `model_request.messages` is the new turn, stored after the thread's history.
+    conversation: tuple[ClientMessage, ...] | None = None
 
 
-def chain_for(request: web.Request, model: str | None) -> Provider:
+def chain_for(request: web.Request, model: str | None) -> FallbackChain:
     """The fallback chain, started at the requested model when one is named."""
     chain = request.app[CHAIN]
     if model is None:
@@ -79,10 +84,16 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
         model_request = asked.model_request
         outcome = Outcome()
         store = None
+        turn = None
         if asked.thread_id is not None:
             request_log(request)["thread_id"] = asked.thread_id
-            turn = await begin_turn(request, asked.thread_id, asked.user_id, model_request.messages)
-            messages = fit_history(turn.history, model_request.messages, model_request.system, settings.history_max_chars)
+            if asked.conversation is None:
+                turn = await begin_turn(request, asked.thread_id, asked.user_id, model_request.messages)
+                new_turn = model_request.messages
+            else:
+                turn = await follow_chat(request, asked.thread_id, asked.user_id, asked.conversation)
+                new_turn = as_turn(asked.conversation[len(asked.conversation) - len(turn.user_message_ids) :])
+            messages = fit_history(turn.history, new_turn, model_request.system, settings.history_max_chars)
             model_request = replace(model_request, messages=messages)
             store = store_answer(request, asked.thread_id, turn.assistant_message_id, started + settings.request_timeout)
             # Its text is saved as it grows, so that a crash of this process loses little of it.
@@ -99,6 +110,7 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
                 ping_interval=settings.keepalive_interval,
                 in_flight=request.app[IN_FLIGHT],
                 outcome=outcome,
+                message_id=turn.assistant_message_id if turn is not None else None,
             )
         return await collect_answer(
             asked.provider,

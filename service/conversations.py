@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -18,9 +18,11 @@ from service.outcome import Outcome, Receipt
 from service.schemas import THREAD_ID_PATTERN
 from service.storage_state import DeferredAnswer, StorageState, track
 from storage import (
+    ClientMessage,
     Owner,
     StorageError,
     StorageUnavailable,
+    Store,
     StoredMessage,
     ThreadNotFound,
     Turn,
@@ -40,26 +42,46 @@ def owner_of(request: web.Request, user_id: str | None) -> Owner:
 
 
 async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, messages: tuple[Message, ...]) -> Turn:
-    """Store the new turn before anything is sent upstream; fail loudly rather than forget it.
+    """Store the new turn before anything is sent upstream; fail loudly rather than forget it."""
+    turn_of = [(m.role, m.content) for m in messages]
+    history_limit = request.app[SETTINGS].history_limit
+    return await _reserve(
+        request, thread_id, user_id, "begin_turn",
+        lambda store, owner, assistant_id, writer: store.begin_turn(
+            thread_id, owner, turn_of, history_limit, assistant_message_id=assistant_id, writer=writer
+        ),
+    )
 
-    The answer's row is reserved under an id chosen here, so that whatever the store says (or
-    fails to say: a commit whose outcome is unknown), that row can be closed later and never
-    stays `pending`."""
+
+async def follow_chat(
+    request: web.Request, thread_id: str, user_id: str | None, conversation: tuple[ClientMessage, ...]
+) -> Turn:
+    """Make the stored thread follow the client's whole conversation and reserve the answer,
+    before anything is sent upstream (see `Store.follow_chat`)."""
+    history_limit = request.app[SETTINGS].history_limit
+    return await _reserve(
+        request, thread_id, user_id, "follow_chat",
+        lambda store, owner, assistant_id, writer: store.follow_chat(
+            thread_id, owner, conversation, history_limit, assistant_message_id=assistant_id, writer=writer
+        ),
+    )
+
+
+async def _reserve(
+    request: web.Request,
+    thread_id: str,
+    user_id: str | None,
+    operation: str,
+    write: Callable[[Store, Owner, str, str | None], Coroutine[Any, Any, Turn]],
+) -> Turn:
+    """Run `write` (a turn's one transaction) with the answer's row reserved under an id chosen
+    here, so that whatever the store says (or fails to say: a commit whose outcome is unknown),
+    that row can be closed later and never stays `pending`."""
     state = request.app[STORAGE]
-    settings = request.app[SETTINGS]
     assistant_id = new_message_id()
     try:
         await state.ensure_open()
-        storing = asyncio.ensure_future(
-            state.store.begin_turn(
-                thread_id,
-                owner_of(request, user_id),
-                [(m.role, m.content) for m in messages],
-                settings.history_limit,
-                assistant_message_id=assistant_id,
-                writer=state.writer,
-            )
-        )
+        storing = asyncio.ensure_future(write(state.store, owner_of(request, user_id), assistant_id, state.writer))
         try:
             turn = await asyncio.shield(storing)
         except asyncio.CancelledError:
@@ -74,7 +96,7 @@ async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, 
     except Exception as exc:  # StorageError, or a driver fault the store did not foresee
         state.record(False)
         if not isinstance(exc, StorageError):
-            log.error("storage_fault", operation="begin_turn", thread_id=thread_id, error=type(exc).__name__)
+            log.error("storage_fault", operation=operation, thread_id=thread_id, error=type(exc).__name__)
         # The turn may have been committed all the same: close its answer through the backlog
         # (a no-op when nothing was stored).
         state.defer(DeferredAnswer(assistant_id, thread_id, _never_answered()))

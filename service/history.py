@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from providers.base import Message
-from storage import StoredMessage
+from storage import ClientMessage, StoredMessage
 
 TRUNCATED_MARKER = "[... the start of this message was cut to fit the conversation's size limit ...]\n"
 
@@ -74,3 +74,17 @@ def _cut(turn: list[Message], room: int) -> list[Message]:
             message = Message(message.role, content)
         cut.append(message)
     return cut
+
+
+def as_turn(messages: Sequence[ClientMessage]) -> tuple[Message, ...]:
+    """A client's messages as the models take them: no empty ones (an answer that failed
+    before its text), and neighbours of one role joined, so that roles alternate."""
+    turn: list[Message] = []
+    for message in messages:
+        if not message.content:
+            continue
+        if turn and turn[-1].role == message.role:
+            turn[-1] = Message(turn[-1].role, f"{turn[-1].content}\n\n{message.content}")
+        else:
+            turn.append(Message(message.role, message.content))  # type: ignore[arg-type]
+    return tuple(turn)

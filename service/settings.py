@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     # A 429 whose retry-after is at most this many seconds is retried on the same model once.
     retry_after_max: float = Field(3.0, ge=0, validation_alias=AliasChoices("AI_RETRY_AFTER_MAX", "retry_after_max"))
     keepalive_interval: PositiveSeconds = Field(15.0, validation_alias=AliasChoices("AI_KEEPALIVE_INTERVAL", "keepalive_interval"))
+    # /ai/ui/chat: a model failing after its text went out hands over to the next (reset-step).
+    restart_on_failure: bool = Field(False, validation_alias=AliasChoices("AI_RESTART_ON_FAILURE", "restart_on_failure"))
 
     default_max_tokens: int = Field(1024, ge=1, validation_alias=AliasChoices("AI_DEFAULT_MAX_TOKENS", "default_max_tokens"))
     max_tokens_limit: int = Field(8192, ge=1, validation_alias=AliasChoices("AI_MAX_TOKENS_LIMIT", "max_tokens_limit"))

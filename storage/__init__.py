@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .base import (
+    ClientMessage,
     Owner,
     StorageError,
     StorageUnavailable,
@@ -23,6 +24,7 @@ from .base import (
 )
 
 __all__ = [
+    "ClientMessage",
     "DEFAULT_SQLITE_PATH",
     "Owner",
     "StorageError",

@@ -58,11 +58,18 @@ class StoredMessage:
     input_tokens: int | None
     output_tokens: int | None
     created_at: datetime  # timezone-aware UTC
+    client_message_id: str | None = None  # the client's id for it (/ai/ui/chat), if it gave one
+
+    @property
+    def chat_id(self) -> str:
+        """The message's id as a chat client knows it: the client's own, else the stored one."""
+        return self.client_message_id or self.id
 
 
 # The columns a message is read with, in the order of `StoredMessage`'s fields (both backends
 # build a `StoredMessage` from a row).
-MESSAGE_COLUMNS = ", ".join(field.name for field in fields(StoredMessage))
+MESSAGE_FIELDS = tuple(field.name for field in fields(StoredMessage))
+MESSAGE_COLUMNS = ", ".join(MESSAGE_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,15 @@ class Turn:
     history: list[StoredMessage]  # before this turn's messages, oldest first
     user_message_ids: list[str]
     assistant_message_id: str  # the reserved "pending" row, finished when the stream ends
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """One message of a conversation as a chat client holds it (see `Store.follow_chat`)."""
+
+    id: str  # the client's id for it; for an answer of this service, the stored id it was sent
+    role: str  # "user" or "assistant"
+    content: str
 
 
 class Store(Protocol):
@@ -140,6 +156,25 @@ class Store(Protocol):
         """Close as `interrupted` (keeping their text) the pending answers of writers that have
         not heart-beaten for `stale_after` seconds (and of writers that never registered, once
         they are older than that and LEGACY_PENDING_AFTER). Returns how many were closed."""
+        ...
+
+    async def follow_chat(
+        self,
+        thread_id: str,
+        owner: Owner,
+        messages: Sequence[ClientMessage],
+        history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
+    ) -> Turn:
+        """In one transaction: create the thread if missing (else check its owner), make the
+        stored thread follow `messages` (the client's whole conversation, oldest first), and
+        reserve a pending assistant row (as `begin_turn` does: its id, its writer). The longest start of the stored thread that matches
+        `messages` (same ids, roles and contents) is kept, stored messages after it are deleted
+        and the rest of `messages` is appended as "complete". `history` is what is replayable
+        of the kept start (its newest `history_limit` messages); the appended messages are the
+        last `len(user_message_ids)` of `messages`."""
         ...
 
     async def finish_assistant_message(
@@ -266,6 +301,53 @@ def turn_rows(
         for offset, (message_id, (role, content)) in enumerate(zip(user_ids, messages), 1)
     ]
     rows.append((assistant_id, thread_id, last_seq + len(rows) + 1, "assistant", "", PENDING, writer))
+    return rows
+
+
+def check_client_messages(messages: Sequence[ClientMessage]) -> list[ClientMessage]:
+    """Validate roles and ids, and clean contents, of the conversation `follow_chat` follows."""
+    cleaned, seen = [], set()
+    for message in messages:
+        if message.role not in ROLES:
+            raise ValueError(f"message role must be 'user' or 'assistant', got {message.role!r}")
+        if not message.id or message.id in seen:
+            raise ValueError(f"message ids must be unique and not empty, got {message.id!r}")
+        seen.add(message.id)
+        cleaned.append(ClientMessage(message.id, message.role, clean_text(message.content)))
+    return cleaned
+
+
+def kept_start(stored: Sequence[StoredMessage], messages: Sequence[ClientMessage]) -> int:
+    """How many messages, from the start, the stored thread and the client's list share."""
+    kept = 0
+    for mine, theirs in zip(stored, messages):
+        if (mine.chat_id, mine.role, mine.content) != (theirs.id, theirs.role, theirs.content):
+            break
+        kept += 1
+    return kept
+
+
+def replayable(messages: Sequence[StoredMessage], limit: int) -> list[StoredMessage]:
+    """The newest `limit` of `messages` that a new turn replays: no pending or empty answers."""
+    usable = [m for m in messages if m.status != PENDING and m.content != ""]
+    return usable[len(usable) - limit :] if limit else []
+
+
+def chat_rows(
+    thread_id: str,
+    last_seq: int,
+    messages: Sequence[ClientMessage],
+    new_ids: list[str],
+    assistant_id: str,
+    writer: str | None = None,
+) -> list[tuple[str, str, int, str, str, str, str | None, str | None]]:
+    """(id, thread_id, seq, role, content, status, writer, client_message_id) of the rows
+    `follow_chat` appends after `last_seq`: `messages` as "complete", then the pending row."""
+    rows: list[tuple[str, str, int, str, str, str, str | None, str | None]] = [
+        (message_id, thread_id, last_seq + offset, m.role, m.content, COMPLETE, writer, m.id)
+        for offset, (message_id, m) in enumerate(zip(new_ids, messages), 1)
+    ]
+    rows.append((assistant_id, thread_id, last_seq + len(rows) + 1, "assistant", "", PENDING, writer, None))
     return rows
 
 

@@ -21,6 +21,7 @@ import asyncpg
 from .base import (
     LEGACY_PENDING_AFTER,
     MESSAGE_COLUMNS,
+    ClientMessage,
     Owner,
     StorageError,
     StorageUnavailable,
@@ -29,14 +30,18 @@ from .base import (
     ThreadPosition,
     ThreadSummary,
     Turn,
+    chat_rows,
+    check_client_messages,
     check_finish_status,
     check_limit,
     check_new_messages,
     client_thread_id,
     clean_text,
+    kept_start,
     new_message_id,
     scoped_thread_id,
     thread_title,
+    replayable,
     turn_rows,
 )
 from .migrate import load_migrations, pending_migrations
@@ -86,6 +91,11 @@ WHERE status = 'pending'
   AND CASE WHEN writer IS NULL THEN created_at < now() - make_interval(secs => $2)
            ELSE writer NOT IN (SELECT id FROM writers WHERE heartbeat_at > now() - make_interval(secs => $1))
       END"""
+SELECT_THREAD_MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = $1 ORDER BY seq"
+DELETE_MESSAGES_FROM_SEQ = "DELETE FROM messages WHERE thread_id = $1 AND seq >= $2"
+INSERT_CLIENT_MESSAGE = """
+INSERT INTO messages (id, thread_id, seq, role, content, status, writer, client_message_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
 FINISH_MESSAGE = """
 UPDATE messages
 SET content = $2, status = $3, model = $4, provider = $5, stop_reason = $6,
@@ -296,6 +306,50 @@ class PostgresStore:
             new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id, writer)
             await conn.executemany(INSERT_MESSAGE, new_rows)
         return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
+
+    async def follow_chat(
+        self,
+        thread_id: str,
+        owner: Owner,
+        messages: Sequence[ClientMessage],
+        history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
+    ) -> Turn:
+        check_limit("history_limit", history_limit)
+        thread_id = scoped_thread_id(owner, thread_id)
+        conversation = check_client_messages(messages)
+        assistant_id = assistant_message_id or new_message_id()
+        async with self._connection() as conn, conn.transaction():
+            await self._claim_thread(conn, thread_id, owner)
+            await conn.execute(TOUCH_THREAD, thread_id, thread_title([(m.role, m.content) for m in conversation]))
+            # Holding the thread's row lock: the comparison and the writes see no other turn.
+            stored = [_to_message(row) for row in await conn.fetch(SELECT_THREAD_MESSAGES, thread_id)]
+            kept = kept_start(stored, conversation)
+            if kept < len(stored):
+                await conn.execute(DELETE_MESSAGES_FROM_SEQ, thread_id, stored[kept].seq)
+            new_ids = [new_message_id() for _ in conversation[kept:]]
+            last_seq = stored[kept - 1].seq if kept else 0
+            rows = chat_rows(thread_id, last_seq, conversation[kept:], new_ids, assistant_id, writer)
+            await conn.executemany(INSERT_CLIENT_MESSAGE, rows)
+        history = replayable(stored[:kept], history_limit)
+        return Turn(history=history, user_message_ids=new_ids, assistant_message_id=assistant_id)
+
+    @staticmethod
+    async def _claim_thread(conn: asyncpg.Connection, thread_id: str, owner: Owner) -> None:
+        """Create the thread if it is new and lock its row; ThreadNotFound if another owns it."""
+        thread = None
+        # The row may vanish between insert and lock if the thread is deleted right then.
+        for _ in range(3):
+            await conn.execute(INSERT_THREAD, thread_id, owner.key_name, owner.user_id)
+            thread = await conn.fetchrow(LOCK_THREAD, thread_id)
+            if thread is not None:
+                break
+        if thread is None:
+            raise StorageError("thread was deleted repeatedly while being written")
+        if not owner.matches(thread["key_name"], thread["user_id"]):
+            raise ThreadNotFound(thread_id)
 
     async def finish_assistant_message(
         self,

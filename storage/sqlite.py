@@ -21,6 +21,8 @@ import aiosqlite
 from .base import (
     LEGACY_PENDING_AFTER,
     MESSAGE_COLUMNS,
+    MESSAGE_FIELDS,
+    ClientMessage,
     Owner,
     StorageError,
     StorageUnavailable,
@@ -29,14 +31,18 @@ from .base import (
     ThreadPosition,
     ThreadSummary,
     Turn,
+    chat_rows,
+    check_client_messages,
     check_finish_status,
     check_limit,
     check_new_messages,
     client_thread_id,
     clean_text,
+    kept_start,
     new_message_id,
     scoped_thread_id,
     thread_title,
+    replayable,
     turn_rows,
 )
 from .migrate import load_migrations, pending_migrations, split_statements
@@ -90,6 +96,11 @@ WHERE status = 'pending'
   AND CASE WHEN writer IS NULL THEN created_at < ?2
            ELSE writer NOT IN (SELECT id FROM writers WHERE heartbeat_at > ?1)
       END"""
+SELECT_THREAD_MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = ? ORDER BY seq"
+DELETE_MESSAGES_FROM_SEQ = "DELETE FROM messages WHERE thread_id = ? AND seq >= ?"
+INSERT_CLIENT_MESSAGE = """
+INSERT INTO messages (id, thread_id, seq, role, content, status, writer, client_message_id, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 FINISH_MESSAGE = """
 UPDATE messages
 SET content = ?, status = ?, model = ?, provider = ?, stop_reason = ?,
@@ -142,8 +153,10 @@ def _to_summary(row: sqlite3.Row | tuple) -> ThreadSummary:
 
 
 def _to_message(row: sqlite3.Row | tuple) -> StoredMessage:
-    message_id, thread_id, *fields, created_at = row
-    return StoredMessage(message_id, client_thread_id(thread_id), *fields, created_at=datetime.fromisoformat(created_at))
+    values = dict(zip(MESSAGE_FIELDS, row))
+    values["thread_id"] = client_thread_id(values["thread_id"])
+    values["created_at"] = datetime.fromisoformat(values["created_at"])
+    return StoredMessage(**values)
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
@@ -302,6 +315,38 @@ class SqliteStore:
             new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id, writer)
             await conn.executemany(INSERT_MESSAGE, [(*row, now) for row in new_rows])
         return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
+
+    async def follow_chat(
+        self,
+        thread_id: str,
+        owner: Owner,
+        messages: Sequence[ClientMessage],
+        history_limit: int,
+        *,
+        assistant_message_id: str | None = None,
+        writer: str | None = None,
+    ) -> Turn:
+        check_limit("history_limit", history_limit)
+        thread_id = scoped_thread_id(owner, thread_id)
+        conversation = check_client_messages(messages)
+        assistant_id = assistant_message_id or new_message_id()
+        now = _now()
+        async with self._transaction() as conn:
+            await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
+            [thread] = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not owner.matches(*thread):
+                raise ThreadNotFound(thread_id)
+            await conn.execute(TOUCH_THREAD, (now, thread_title([(m.role, m.content) for m in conversation]), thread_id))
+            stored = [_to_message(row) for row in await conn.execute_fetchall(SELECT_THREAD_MESSAGES, (thread_id,))]
+            kept = kept_start(stored, conversation)
+            if kept < len(stored):
+                await conn.execute(DELETE_MESSAGES_FROM_SEQ, (thread_id, stored[kept].seq))
+            new_ids = [new_message_id() for _ in conversation[kept:]]
+            last_seq = stored[kept - 1].seq if kept else 0
+            rows = chat_rows(thread_id, last_seq, conversation[kept:], new_ids, assistant_id, writer)
+            await conn.executemany(INSERT_CLIENT_MESSAGE, [(*row, now) for row in rows])
+        history = replayable(stored[:kept], history_limit)
+        return Turn(history=history, user_message_ids=new_ids, assistant_message_id=assistant_id)
 
     async def finish_assistant_message(
         self,

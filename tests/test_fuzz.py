@@ -34,6 +34,7 @@ from schemathesis.checks import (
 )
 
 from tests.conftest import parse_events
+from tests.ui_stream import DONE, parse_ui_chunks
 from tests.fake_upstream import Scenario
 from tests.support.processes import RunningService, ThreadedUpstream, run_service, service_env  # noqa: F401
 
@@ -77,6 +78,20 @@ CONFIG = {"checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", 
 schema = schemathesis.openapi.from_path(SPEC_PATH, config=schemathesis.Config.from_dict(CONFIG))
 
 
+UI_CHUNK = Draft202012Validator({"$ref": "#/components/schemas/UIMessageChunk", "components": SPEC["components"]})
+
+
+def check_ui_stream(response: Any) -> None:
+    """Every chunk is a UIMessageChunk; one `finish` or `error` chunk ends it, then `[DONE]`."""
+    chunks = parse_ui_chunks(response.content)
+    assert chunks.count(DONE) == 1 and chunks[-1] == DONE, chunks
+    for chunk in chunks[:-1]:
+        errors = [e.message for e in UI_CHUNK.iter_errors(chunk)]
+        assert not errors, f"chunk {chunk} does not match UIMessageChunk: {errors}"
+    kinds = [c["type"] for c in chunks[:-1]]  # type: ignore[index]
+    assert kinds and kinds[-1] in ("finish", "error") and sum(k in ("finish", "error") for k in kinds) == 1, kinds
+
+
 def check_event_stream(response: Any) -> None:
     """Every event is a StreamEvent; content events, then exactly one terminal event."""
     events = parse_events(response.content)
@@ -99,7 +114,9 @@ def call_and_check(case: Any, service: RunningService) -> Any:
     special = media_type in ("text/event-stream", "application/yaml")
     case.validate_response(response, checks=CHECKS if special else [*CHECKS, response_schema_conformance])
     try:
-        if media_type == "text/event-stream":
+        if media_type == "text/event-stream" and response.headers.get("x-vercel-ai-ui-message-stream") == ["v1"]:
+            check_ui_stream(response)
+        elif media_type == "text/event-stream":
             check_event_stream(response)
         elif media_type == "application/yaml":
             assert yaml.safe_load(response.content) == SPEC

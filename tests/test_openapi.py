@@ -26,12 +26,14 @@ from openapi_spec_validator import validate as validate_openapi
 
 from service.security import is_protected
 from service import __version__
+from tests.ui_stream import DONE, parse_ui_chunks
 from tests.conftest import parse_events
 from tests.fake_upstream import FakeUpstream, Scenario
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 MODEL_NAMES = ("claude-primary", "claude-backup", "gpt-fallback")  # the upstream names of conftest's MODELS
 TERMINAL_EVENTS = {"done", "error"}
+UI_TERMINAL = {"finish", "error"}
 
 
 @cache
@@ -179,6 +181,16 @@ async def check_answer(contract: Contract, template: str, method: str, resp: Cli
         assert body == b"" and "Content-Type" not in resp.headers, f"{where}: no body is documented"
         return None
     schema = contract.response_schema(template, method, resp.status, media_type)
+    if media_type == "text/event-stream" and resp.headers.get("x-vercel-ai-ui-message-stream") == "v1":
+        chunks = parse_ui_chunks(body)
+        assert chunks.count(DONE) == 1 and chunks[-1] == DONE, f"{where}: [DONE] must end the stream once"
+        events = chunks[:-1]
+        for event in events:
+            assert not contract.errors(schema, event), f"{where}: chunk {event} breaks the schema: {contract.errors(schema, event)}"
+            assert not contract.undocumented(schema, event), f"{where}: undocumented fields in {event}"
+        types = [event["type"] for event in events]  # type: ignore[index]
+        assert types[-1] in UI_TERMINAL and sum(t in UI_TERMINAL for t in types) == 1, types
+        return events
     if media_type == "text/event-stream":
         events = parse_events(body)
         assert events, f"{where}: an event stream holds at least its terminal event"
@@ -207,7 +219,7 @@ def test_document_is_valid_openapi_31() -> None:
     assert spec["info"]["title"] == "ai-stream"
     assert spec["info"]["version"] == __version__ == "0.1.0"
     operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values() if isinstance(op, dict)]
-    assert len(operation_ids) == len(set(operation_ids)) == 13
+    assert len(operation_ids) == len(set(operation_ids)) == 16
 
 
 def test_every_schema_is_valid_draft_2020_12(contract: Contract) -> None:
@@ -298,6 +310,8 @@ THREADS, STATUS, PAGE, ASSET = "/ai/threads", "/ai/status", "/", "/assets/{name}
 PAGE_HEADERS = {"Content-Security-Policy": re.compile(r"default-src 'none'; .*"), "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "no-referrer"}
 THREAD_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+UI_CHAT, UI_MESSAGES = "/ai/ui/chat", "/ai/ui/chat/{chat_id}/messages"
+UI_HI = [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}]
 
 API_KEY, OTHER_KEY = "0123456789abcdef-secret", "fedcba9876543210-secret"
 KEYS = {"api_keys": f"frontend:{API_KEY}"}
@@ -377,6 +391,21 @@ class Case:
 
 
 DEFAULT_CASES = [
+    # /ai/ui/chat (the AI SDK's UI message stream)
+    Case("ui-chat-stream", UI_CHAT, json={"id": "c-1", "messages": UI_HI, "trigger": "submit-message"},
+         media_type="text/event-stream", schema_valid=True, response_headers={"x-vercel-ai-ui-message-stream": "v1"},
+         expect={"messageMetadata.persisted": True, "messageMetadata.model": "claude-primary"}),
+    Case("ui-chat-unstored-fails", UI_CHAT, json={"id": "c-1", "messages": UI_HI, "store": False}, media_type="text/event-stream",
+         code="upstream_unavailable", schema_valid=True, scripts=ALL_FAIL_529),
+    Case("ui-chat-file-part", UI_CHAT, status=400, code="validation_error", schema_valid=True,
+         json={"id": "c-1", "messages": [{"id": "u1", "role": "user", "parts": [{"type": "file", "url": "data:,", "mediaType": "text/plain"}]}]}),
+    Case("ui-chat-no-parts", UI_CHAT, status=400, code="validation_error", schema_valid=False,
+         json={"id": "c-1", "messages": [{"id": "u1", "role": "user", "content": "Hi"}]}),
+    Case("ui-chat-messages", UI_MESSAGES, method="GET", path={"chat_id": "c-1"}, schema_valid=True,
+         steps=(Step(UI_CHAT, json={"id": "c-1", "messages": UI_HI}),),
+         expect={"*.role": ["user", "assistant"], "*.id": ["u1", MESSAGE_ID]}),
+    Case("ui-chat-messages-unknown", UI_MESSAGES, method="GET", path={"chat_id": "nope"}, status=404, code="not_found",
+         schema_valid=True),
     Case("generate-stream", GEN, json={"prompt": "Hi"}, media_type="text/event-stream", schema_valid=True,
          expect={"model": "claude-primary", "usage": ANSWER_USAGE, "message_id": ABSENT, "persisted": ABSENT}),
     Case(
@@ -710,7 +739,9 @@ async def exercise(client: Any, contract: Contract, fake_upstream: FakeUpstream,
             problems = contract.parameter_errors(case.template, case.method, parameters)
         sent = case.json if case.json is not None else parameters
         assert (not problems) == case.schema_valid, f"the request schema {'rejects' if problems else 'accepts'} {sent}: {problems}"
-    if case.media_type == "text/event-stream":
+    if case.media_type == "text/event-stream" and case.template.startswith(UI_CHAT):
+        assert answer[-1]["type"] == ("finish" if case.code is None else "error"), answer
+    elif case.media_type == "text/event-stream":
         last = answer[-1]
         if case.code is None:
             assert last["type"] == "done" and all(e["type"] == "content" for e in answer[:-1])

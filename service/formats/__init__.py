@@ -20,12 +20,19 @@ class WireFormat(Protocol):
     headers: Mapping[str, str]  # beyond the event-stream headers every format sends
     keepalive: bytes  # written while the answer is silent
 
-    def opening(self) -> bytes:
-        """Written right after the headers (may be empty)."""
+    def opening(self, message_id: str | None) -> bytes:
+        """Written right after the headers (may be empty); `message_id` is the id the answer is
+        stored under, when it belongs to a thread."""
         ...
 
     def text(self, text: str) -> bytes:
         """One text piece: the hot path."""
+        ...
+
+    def restart(self) -> bytes:
+        """The text sent so far is void: the next model answers from the start. Only formats
+        whose clients can take text back support it; the chain restarts only when a route
+        asks for it (see `FallbackChain.restarting`)."""
         ...
 
     def done(self, outcome: Outcome, receipt: Receipt | None) -> bytes:

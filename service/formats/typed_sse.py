@@ -44,11 +44,15 @@ class TypedEvents:
     headers: dict[str, str] = {}
     keepalive = b": ping\n\n"
 
-    def opening(self) -> bytes:
+    def opening(self, message_id: str | None) -> bytes:
         return b""
 
     def text(self, text: str) -> bytes:
         return b'data: {"type":"content","text":' + _encode(text).encode() + b"}\n\n"
+
+    def restart(self) -> bytes:
+        # Its readers append every `content` event: text once sent cannot be taken back.
+        raise NotImplementedError("the typed event stream cannot take text back")
 
     def done(self, outcome: Outcome, receipt: Receipt | None) -> bytes:
         return event_bytes({"type": "done", **done_fields(outcome, receipt)})

@@ -1,0 +1,181 @@
+"""The relay's promises, once for every wire format: exactly one terminal event and it is last,
+no duplicated text, a disconnect closes the upstream request within a second, keep-alive while
+the model is silent, shutdown ends open streams with the format's error, the answer is stored.
+
+Each format is one `WireCase`: its route, how a body asks a question (optionally on a stored
+thread), and a parser that turns its bytes into the same neutral events. A new format joins
+the suite with one entry in `CASES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from service.outcome import SHUTDOWN_MESSAGE
+from tests.conftest import parse_events
+from tests.fake_upstream import Scenario
+from tests.ui_stream import DONE, parse_ui_chunks
+
+# A neutral event: ("text", piece), ("done", {"model", "message_id"}), ("error", sentence) or
+# ("other", type) for a format's framing events.
+Event = tuple[str, Any]
+
+
+@dataclass(frozen=True)
+class WireCase:
+    name: str
+    path: str
+    body: Callable[[str, str | None], dict[str, Any]]  # (question, thread id or None) -> body
+    parse: Callable[[bytes], list[Event]]
+    first_text: bytes  # how an event that carries text starts on the wire
+
+
+def typed_body(question: str, thread: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": question}]}
+    return {**body, "thread_id": thread} if thread else body
+
+
+def typed_parse(raw: bytes) -> list[Event]:
+    events: list[Event] = []
+    for event in parse_events(raw):
+        if event["type"] == "content":
+            events.append(("text", event["text"]))
+        elif event["type"] == "done":
+            events.append(("done", {"model": event["model"], "message_id": event.get("message_id")}))
+        elif event["type"] == "error":
+            events.append(("error", event["error"]))
+        else:
+            events.append(("other", event["type"]))
+    return events
+
+
+def ui_body(question: str, thread: str | None) -> dict[str, Any]:
+    message = {"id": "q1", "role": "user", "parts": [{"type": "text", "text": question}]}
+    return {"id": thread or "unstored", "messages": [message], "trigger": "submit-message", "store": thread is not None}
+
+
+def ui_parse(raw: bytes) -> list[Event]:
+    chunks = parse_ui_chunks(raw)
+    # `[DONE]` closes the stream exactly once, right after its terminal chunk.
+    assert chunks.count(DONE) == 1 and chunks[-1] == DONE, chunks
+    events: list[Event] = []
+    message_id = None
+    for chunk in chunks[:-1]:
+        assert isinstance(chunk, dict)
+        kind = chunk["type"]
+        if kind == "start":
+            message_id = chunk["messageId"]
+            events.append(("other", kind))
+        elif kind == "text-delta":
+            events.append(("text", chunk["delta"]))
+        elif kind == "finish":
+            events.append(("done", {"model": chunk["messageMetadata"]["model"], "message_id": message_id}))
+        elif kind == "error":
+            events.append(("error", chunk["errorText"]))
+        else:
+            events.append(("other", kind))
+    return events
+
+
+CASES = [
+    WireCase("typed", "/ai/stream/chat", typed_body, typed_parse, b'data: {"type":"content"'),
+    WireCase("ui", "/ai/ui/chat", ui_body, ui_parse, b'data: {"type":"text-delta"'),
+]
+
+
+@pytest.fixture(params=CASES, ids=[case.name for case in CASES])
+def wire(request: pytest.FixtureRequest) -> WireCase:
+    return request.param  # type: ignore[no-any-return]
+
+
+def terminal(events: list[Event]) -> Event:
+    ends = [event for event in events if event[0] in ("done", "error")]
+    assert len(ends) == 1, events
+    assert events[-1] == ends[0], events
+    return ends[0]
+
+
+def text(events: list[Event]) -> str:
+    return "".join(piece for kind, piece in events if kind == "text")
+
+
+async def ask(client: Any, wire: WireCase, question: str = "x", thread: str | None = None) -> list[Event]:
+    resp = await client.post(wire.path, json=wire.body(question, thread))
+    assert resp.status == 200, await resp.text()
+    return wire.parse(await resp.read())
+
+
+SCENARIOS = {
+    "ok": ({"claude-primary": Scenario(tokens=["one", " two", " three"])}, "done", "one two three"),
+    "fallback-before-text": (
+        {"claude-primary": Scenario(kind="http_error", status=529), "claude-backup": Scenario(tokens=["only", " this"])},
+        "done", "only this",
+    ),
+    "error-before-text": ({m: Scenario(kind="http_error", status=503) for m in ("claude-primary", "claude-backup", "gpt-fallback")}, "error", ""),
+    "error-after-text": ({"claude-primary": Scenario(tokens=["a", "b", "c"], kind="stream_error", after_tokens=2)}, "error", "ab"),
+    "drop-after-text": ({"claude-primary": Scenario(tokens=["a", "b", "c"], kind="drop", after_tokens=1)}, "error", "a"),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_one_terminal_event_last_and_no_duplicated_text(client, fake_upstream, wire, scenario):
+    scripts, ending, expected = SCENARIOS[scenario]
+    for model, played in scripts.items():
+        fake_upstream.script(model, played)
+    events = await ask(client, wire)
+    assert terminal(events)[0] == ending
+    assert text(events) == expected
+
+
+async def test_disconnect_closes_the_upstream_within_a_second(client, fake_upstream, wire):
+    fake_upstream.script("claude-primary", Scenario(tokens=["tok"] * 200, token_delay=0.05))
+    resp = await client.post(wire.path, json=wire.body("x", None))
+    while not (await resp.content.readuntil(b"\n\n")).startswith(wire.first_text):
+        pass
+    resp.close()
+    record = await fake_upstream.wait_for_disconnect(timeout=1.0)
+    assert record.model == "claude-primary"
+
+
+async def test_keepalive_while_the_model_is_silent(make_client, fake_upstream, wire):
+    client = await make_client(keepalive_interval=0.1)
+    fake_upstream.script("claude-primary", Scenario(tokens=["late"], first_token_delay=0.6))
+    resp = await client.post(wire.path, json=wire.body("x", None))
+    raw = await resp.read()
+    before_text = raw[: raw.index(wire.first_text)]
+    assert b": ping\n\n" in before_text
+    events = wire.parse(raw)
+    assert terminal(events)[0] == "done" and text(events) == "late"
+
+
+async def test_shutdown_ends_open_streams_with_the_formats_error(make_client, fake_upstream, wire):
+    client = await make_client(shutdown_grace=0.2)
+    fake_upstream.script("claude-primary", Scenario(tokens=["started", " never"], kind="stall", after_tokens=1))
+    resp = await client.post(wire.path, json=wire.body("x", None))
+    head = b""
+    while wire.first_text not in head:
+        head += await resp.content.readuntil(b"\n\n")
+    reading = asyncio.ensure_future(resp.read())
+    await client.app.shutdown()
+    events = wire.parse(head + await asyncio.wait_for(reading, 10))
+    assert terminal(events) == ("error", SHUTDOWN_MESSAGE)
+    assert text(events).startswith("started")
+
+
+async def test_the_answer_is_stored_under_the_id_the_stream_names(make_client, store_target, fake_upstream, wire):
+    client = await make_client(database_url=store_target.url)
+    fake_upstream.script("claude-primary", Scenario(tokens=["kept", " answer"]))
+    events = await ask(client, wire, "store me", thread="promise-1")
+    kind, done = terminal(events)
+    assert kind == "done" and done["message_id"]
+    rows = await store_target.fetch("SELECT id, role, content, status, model FROM messages ORDER BY seq")
+    assert [row[1:] for row in rows] == [
+        ("user", "store me", "complete", None),
+        ("assistant", "kept answer", "complete", "claude-primary"),
+    ]
+    assert rows[1][0] == done["message_id"]
