@@ -219,7 +219,7 @@ def test_document_is_valid_openapi_31() -> None:
     assert spec["info"]["title"] == "ai-stream"
     assert spec["info"]["version"] == __version__ == "0.1.0"
     operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values() if isinstance(op, dict)]
-    assert len(operation_ids) == len(set(operation_ids)) == 16
+    assert len(operation_ids) == len(set(operation_ids)) == 15
 
 
 def test_every_schema_is_valid_draft_2020_12(contract: Contract) -> None:

@@ -137,12 +137,13 @@ async def test_threads_of_the_typed_chat_route_are_matched_by_stored_id(store: S
     assert len(chat.user_message_ids) == 1 and len(chat.history) == 2
 
 
-async def test_another_owner_cannot_follow_the_thread(store: Store) -> None:
+async def test_another_owner_following_the_same_chat_id_has_a_chat_of_its_own(store: Store) -> None:
     await follow(store, user("u1", "Hi"))
-    with pytest.raises(ThreadNotFound):
-        await store.follow_chat("chat-1", Owner("key-a", "user-2"), [user("u1", "Hi")], 50)
-    with pytest.raises(ThreadNotFound):
-        await store.follow_chat("chat-1", Owner("key-b", "user-1"), [user("u1", "Hi")], 50)
+    for other in (Owner("key-a", "user-2"), Owner("key-b", "user-1")):
+        turn = await store.follow_chat("chat-1", other, [user("u9", "Mine")], 50)
+        assert turn.history == []
+        assert [m.content for m in await store.list_messages("chat-1", other)] == ["Mine", ""]
+    assert [m.content for m in await store.list_messages("chat-1", OWNER)][0] == "Hi"
     assert len(await store.list_messages("chat-1", OWNER)) == 2
 
 
