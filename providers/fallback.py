@@ -12,6 +12,7 @@ from contextlib import aclosing
 
 from providers.base import (
     AttemptFailed,
+    AttemptStarted,
     ModelRequest,
     Provider,
     ProviderError,
@@ -94,6 +95,7 @@ class FallbackChain:
                                 if not started:
                                     started = True
                                     first_token.reschedule(None)
+                                    yield AttemptStarted(model.name, model.name.partition("/")[0])
                                 yield event
                     verdict = answered[0] = True
                     circuit.succeeded()

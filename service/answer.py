@@ -18,7 +18,7 @@ from contextlib import aclosing
 import structlog
 from aiohttp import web
 
-from providers.base import AttemptFailed, Finish, ModelRequest, Provider, ProviderError, TextDelta
+from providers.base import AttemptFailed, AttemptStarted, Finish, ModelRequest, Provider, ProviderError, TextDelta
 from service.app_keys import CHAIN, METRICS, REQUEST_ID, REQUEST_LOG
 from service.formats import WireFormat
 from service.outcome import (
@@ -101,9 +101,11 @@ async def _consume(
     model_request: ModelRequest,
     outcome: Outcome,
     on_text: Callable[[str], Awaitable[None]] | None,
+    on_start: Callable[[AttemptStarted], Awaitable[None]] | None = None,
 ) -> None:
     """Read the provider's events into `outcome` within the deadline, handing each text piece to
-    `on_text`; upstream failures and time limits end up in `outcome.error`."""
+    `on_text` (and the model that starts answering to `on_start`); upstream failures and time
+    limits end up in `outcome.error`."""
     started = time.perf_counter()
     text = outcome.text
     try:
@@ -119,6 +121,8 @@ async def _consume(
                     outcome.finish = event
                 elif type(event) is AttemptFailed:
                     outcome.attempts.append(event)
+                elif type(event) is AttemptStarted and on_start is not None:
+                    await on_start(event)
     except ProviderError as exc:
         outcome.error = exc
     except TimeoutError:
@@ -148,11 +152,15 @@ async def stream_answer(
     async def send_text(text: str) -> None:
         await response.write(wire.text(text))
 
+    async def send_start(event: AttemptStarted) -> None:
+        if started := wire.answering(event.provider, event.model.partition("/")[2]):
+            await response.write(started)
+
     try:
         await response.prepare(request)
         if opening := wire.opening():
             await response.write(opening)
-        await _consume(cutoff, deadline, provider, model_request, outcome, send_text)
+        await _consume(cutoff, deadline, provider, model_request, outcome, send_text, send_start)
         receipt = await end(outcome)
         # `end` may have found a fault of ours (a failed store raises nothing: it reports
         # `persisted: false`), so the terminal event is chosen after it.

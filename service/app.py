@@ -11,11 +11,13 @@ from aiohttp import web
 
 from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
+from service.anthropic_api import add_anthropic_routes
 from service.conversations import add_thread_routes
 from service.errors import add_request_id, request_middleware
 from service.app_keys import CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, USER_LIMITER
 from service.limits import RateLimiter
 from service.metrics import Metrics
+from service.openai_api import add_openai_routes
 from service.routes import add_routes
 from service.security import access_middleware, setup_cors
 from service.settings import Settings
@@ -47,6 +49,8 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_drain)
     add_routes(app)
     add_thread_routes(app)
+    add_openai_routes(app)
+    add_anthropic_routes(app)
     setup_cors(app, settings.cors_origins)
     return app
 
