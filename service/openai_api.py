@@ -53,9 +53,10 @@ def _completion_request(request: web.Request, data: dict[str, Any]) -> tuple[Ask
     model = fields.string("model", required=True)
     _refuse_unsupported(fields, data)
     system_parts, messages = _messages(fields, data.get("messages"))
-    max_tokens = fields.integer(
-        "max_completion_tokens", 1, settings.max_tokens_limit, setting="AI_MAX_TOKENS_LIMIT"
-    ) or fields.integer("max_tokens", 1, settings.max_tokens_limit, setting="AI_MAX_TOKENS_LIMIT")
+    limit = settings.max_tokens_limit
+    max_tokens = fields.integer("max_tokens", 1, limit, setting="AI_MAX_TOKENS_LIMIT")
+    # The newer name wins when both are given.
+    max_tokens = fields.integer("max_completion_tokens", 1, limit, setting="AI_MAX_TOKENS_LIMIT") or max_tokens
     temperature = fields.number("temperature", 0, 2)
     stop = fields.stop_sequences("stop", data.get("stop"))
     stream = fields.boolean("stream")
@@ -95,9 +96,9 @@ def _refuse_unsupported(fields: Fields, data: dict[str, Any]) -> None:
         if data.get(name) is not None:
             fields.unsupported(name, f"{feature}: this service answers with text only")
     n = data.get("n")
-    if n is not None and n != 1:
+    if n is not None and (isinstance(n, bool) or n != 1):
         fields.unsupported("n", "more than one choice (n must be 1)")
-    if data.get("logprobs") not in (None, False):
+    if data.get("logprobs") is not None and data.get("logprobs") is not False:
         fields.unsupported("logprobs", "log probabilities")
     response_format = data.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:

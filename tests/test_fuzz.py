@@ -44,6 +44,7 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
+from tests.compat_wire import DONE, parse_chunks, parse_message_events
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY, parse_events
 from tests.fake_upstream import FakeUpstream, Scenario
 
@@ -180,8 +181,39 @@ CONFIG = {"checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", 
 schema = schemathesis.openapi.from_path(SPEC_PATH, config=schemathesis.Config.from_dict(CONFIG))
 
 
-def check_event_stream(response: Any) -> None:
-    """Every event is a StreamEvent; content events, then exactly one terminal event."""
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]})
+
+
+CHUNK, MESSAGE_EVENT = _validator("ChatCompletionChunk"), _validator("MessageStreamEvent")
+
+
+def check_chunks(response: Any) -> None:
+    """Chunks, then `[DONE]` or one error event, last."""
+    events = parse_chunks(response.content)
+    for event in events:
+        if event != DONE:
+            assert not [e.message for e in CHUNK.iter_errors(event)], event
+    terminals = [i for i, e in enumerate(events) if e == DONE or "error" in e]
+    assert terminals == [len(events) - 1], events
+
+
+def check_message_events(response: Any) -> None:
+    """Messages events, then `message_stop` or one `error`, last."""
+    events = parse_message_events(response.content)
+    for event in events:
+        assert not [e.message for e in MESSAGE_EVENT.iter_errors(event)], event
+    terminals = [i for i, e in enumerate(events) if e["type"] in ("message_stop", "error")]
+    assert terminals == [len(events) - 1], events
+
+
+def check_event_stream(response: Any, path: str = "") -> None:
+    """Every event is a StreamEvent; content events, then exactly one terminal event (or the
+    same promise in the format of an OpenAI- or Anthropic-compatible route)."""
+    if path == "/v1/chat/completions":
+        return check_chunks(response)
+    if path == "/v1/messages":
+        return check_message_events(response)
     events = parse_events(response.content)
     for event in events:
         errors = [e.message for e in STREAM_EVENT.iter_errors(event)]
@@ -203,7 +235,7 @@ def call_and_check(case: Any, service: RunningService) -> Any:
     case.validate_response(response, checks=CHECKS if special else [*CHECKS, response_schema_conformance])
     try:
         if media_type == "text/event-stream":
-            check_event_stream(response)
+            check_event_stream(response, case.path)
         elif media_type == "application/yaml":
             assert yaml.safe_load(response.content) == SPEC
     except AssertionError as exc:
