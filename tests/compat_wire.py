@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.conftest import parse_events
+
 DONE = "[DONE]"
 
 
@@ -81,3 +83,46 @@ def read_message_events(body: bytes) -> Read:
             read.texts.append(event["delta"]["text"])
     read.last_is_terminal = bool(events) and events[-1]["type"] in ("message_stop", "error")
     return read
+
+
+# Anthropic's error types, back to the service's codes they stand for.
+ANTHROPIC_CODES = {"overloaded_error": "upstream_unavailable", "rate_limit_error": "rate_limited",
+                   "timeout_error": "timeout", "api_error": "upstream_error"}
+
+
+class AsTyped:
+    """A compatible stream's events (one block or the whole body at a time) as typed events."""
+
+    def __init__(self, wire: str) -> None:
+        self.wire, self.model, self.output_tokens = wire, None, None
+
+    def __call__(self, body: bytes) -> list[dict[str, Any]]:
+        if self.wire == "typed":
+            return parse_events(body)
+        out: list[dict[str, Any]] = []
+        if self.wire == "openai":
+            for chunk in parse_chunks(body):
+                if chunk == DONE:
+                    out.append({"type": "done", "model": self.model, "usage": {"output_tokens": self.output_tokens}})
+                elif "error" in chunk:
+                    code = chunk["error"]["code"]
+                    out.append({"type": "error", "code": "rate_limited" if code == "rate_limit_exceeded" else code})
+                else:
+                    self.model = chunk["model"]
+                    self.output_tokens = (chunk.get("usage") or {}).get("completion_tokens", self.output_tokens)
+                    out += [{"type": "content", "text": c["delta"]["content"]} for c in chunk["choices"]
+                            if c["delta"].get("content")]
+            return out
+        for event in parse_message_events(body):
+            kind = event["type"]
+            if kind == "message_start":
+                self.model = event["message"]["model"]
+            elif kind == "content_block_delta":
+                out.append({"type": "content", "text": event["delta"]["text"]})
+            elif kind == "message_delta":
+                self.output_tokens = event["usage"]["output_tokens"]
+            elif kind == "message_stop":
+                out.append({"type": "done", "model": self.model, "usage": {"output_tokens": self.output_tokens}})
+            elif kind == "error":
+                out.append({"type": "error", "code": ANTHROPIC_CODES.get(event["error"]["type"], event["error"]["type"])})
+        return out
