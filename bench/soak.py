@@ -3,7 +3,8 @@
     python -m bench.soak [--streams 5000] [--concurrency 400] [--duration 120] [--seed N]
                          [--cut-share 0.05] [--database-url URL]   (default: a temporary SQLite file)
 
-Runs the fake upstream and the service on 127.0.0.1: a warm-up round, then the main round (streams
+Runs the fake upstream and the service on 127.0.0.1; requests go to the typed route and, without a thread,
+also to the OpenAI- and Anthropic-compatible ones (`WIRES`). A warm-up round, then the main round (streams
 start for at most `--duration` s each). Checks every stream's events (one terminal event, last;
 strict SSE; text = a prefix of the ONE answering attempt's unique tokens, all of them for `done`;
 no model after text), the stored turns (complete/error/interrupted with the streamed text, nothing
@@ -31,7 +32,8 @@ import aiohttp
 import psutil
 from aiohttp import web
 
-from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY, parse_events
+from tests.compat_wire import AsTyped
+from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY
 from tests.conftest import MODELS as MODEL_SPECS  # the chain `make_client` configures
 from tests.fake_upstream import FakeUpstream, RecordedRequest, Scenario
 
@@ -132,6 +134,7 @@ class Stream:
     text: str = ""  # the content received, once checked (then only the last event is kept)
     ui: bool = False  # through /ai/ui/chat: its chunks are read as the typed events they stand for
     message_id: str | None = None  # ui: the start chunk's messageId
+    wire: str = "typed"  # the route's format when not ui (see WIRES); a thread's turns are typed or ui
 
     @classmethod
     def plan(cls, cfg: Config, rid: str, threads: list[str]) -> Stream:
@@ -143,7 +146,8 @@ class Stream:
         ui = rng.random() < cfg.ui_share
         if ui and thread:
             thread = f"{thread}-ui-{rid}"  # a UI chat follows its client: one of its own
-        return cls(rid, thread, mode, k, wait, ui=ui)
+        wire = "typed" if (thread or ui) else rng.choices(list(WIRES), weights=list(WIRES.values()))[0]
+        return cls(rid, thread, mode, k, wait, ui=ui, wire=wire)
 
 
 def ui_events(s: Stream, raw: bytes, whole: bool) -> list[dict[str, Any]]:
@@ -189,20 +193,35 @@ def ui_body(s: Stream) -> dict[str, Any]:
             "store": s.thread_id is not None}
 
 
-async def run_stream(session: aiohttp.ClientSession, base: str, s: Stream) -> Stream:
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": f"soak {s.rid}"}]}
-    if s.thread_id:
-        body["thread_id"] = s.thread_id
+# The request mix by format: the typed events, and the OpenAI- and Anthropic-compatible routes,
+# whose events are read as what they mean in typed terms so that one set of checks serves all.
+WIRES = {"typed": 60, "openai": 20, "anthropic": 20}
+
+
+
+def request_for(s: Stream) -> tuple[str, dict[str, Any]]:
     if s.ui:
-        body = ui_body(s)
+        return "/ai/ui/chat", ui_body(s)
+    messages = [{"role": "user", "content": f"soak {s.rid}"}]
+    if s.wire == "openai":
+        return "/v1/chat/completions", {"model": "ai-stream", "messages": messages, "stream": True,
+                                        "stream_options": {"include_usage": True}}
+    if s.wire == "anthropic":
+        return "/v1/messages", {"model": "ai-stream", "max_tokens": 100, "messages": messages, "stream": True}
+    return "/ai/stream/chat", {"messages": messages, **({"thread_id": s.thread_id} if s.thread_id else {})}
+
+
+async def run_stream(session: aiohttp.ClientSession, base: str, s: Stream) -> Stream:
+    path, body = request_for(s)
+    as_typed = AsTyped(s.wire)
 
     def events(raw: bytes, whole: bool = True) -> list[dict[str, Any]]:
-        return ui_events(s, raw, whole) if s.ui else parse_events(raw)
+        return ui_events(s, raw, whole) if s.ui else as_typed(raw)
 
     sent = time.monotonic()
     try:
         async with asyncio.timeout(s.wait if s.mode == "cut" else HEADERS_TIMEOUT) as limit, \
-                session.post(f"{base}{'/ai/ui/chat' if s.ui else '/ai/stream/chat'}", json=body) as resp:
+                session.post(f"{base}{path}", json=body) as resp:
             s.status, s.headers_after = resp.status, time.monotonic() - sent
             if s.mode != "cut":
                 limit.reschedule(asyncio.get_running_loop().time() + STREAM_TIMEOUT)
@@ -348,7 +367,8 @@ def census(service_port: int, full: bool = True) -> tuple[Counter[str], Counter[
     gc.collect()
     own = ("service", "providers", "storage")  # (an idle keep-alive connection keeps its last request)
     objects = Counter(type(o).__qualname__ for o in gc.get_objects()
-                      if isinstance(o, web.BaseRequest) and not o.path.startswith("/v1/")  # not the fake's API
+                      # requests to the service (the fake's API is at /v1/ too, on its own port)
+                      if isinstance(o, web.BaseRequest) and (not o.path.startswith("/v1/") or o.host.endswith(f":{service_port}"))
                       or str(getattr(type(o), "__module__", "")).partition(".")[0] in own)
     return tasks, objects, sys.getallocatedblocks(), psutil.Process().memory_info().rss
 
@@ -360,7 +380,7 @@ class Soak:
         for model in MODELS:
             upstream.choose(model, self.ledger)
         self.threads = [f"soak-{uuid.uuid4().hex[:8]}-{i}" for i in range(cfg.threads)]
-        kinds = ("outcomes", "modes", "attempts", "time to headers")
+        kinds = ("outcomes", "modes", "formats", "attempts", "time to headers")
         self.counts: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
         self.violations: list[str] = []
         self.snapshots: dict[str, tuple[Counter[str], Counter[str], int, int]] = {}
@@ -396,6 +416,7 @@ class Soak:
             outcome = "client problem" if s.problem else "disconnected" if s.status else "cut before the response"
         self.counts["outcomes"][outcome] += 1
         self.counts["modes"][s.mode + (" (ui)" if s.ui else "")] += 1
+        self.counts["formats"]["ui" if s.ui else s.wire] += 1
         self.counts["attempts"].update(fault for _, fault, _ in tried)
         if s.headers_after is not None:
             bucket = next((f"<{b:g} s" for b in (0.1, 1, 3, 10) if s.headers_after < b), ">=10 s")

@@ -65,9 +65,23 @@ class AnthropicModel:
         }
         if request.system:
             params["system"] = request.system
+        if request.stop:
+            params["stop_sequences"] = list(request.stop)
         # No `temperature`: the Messages API (version 2026-10-21, the SDK's default) rejects every
         # sampling parameter with a 400, so sending it would fail requests that set it.
         return params
+
+    async def count_tokens(self, request: ModelRequest) -> int:
+        """The input tokens of `request`, from the Messages API's token-counting endpoint."""
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        if request.system:
+            params["system"] = request.system
+        with self.errors:
+            counted = await self.client.messages.count_tokens(**params)
+            return int(counted.input_tokens)
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         with self.errors:

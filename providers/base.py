@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Role = Literal["user", "assistant"]
 
@@ -27,6 +27,7 @@ class ModelRequest:
     max_tokens: int
     system: str | None = None
     temperature: float | None = None
+    stop: tuple[str, ...] = ()  # sequences that end the answer where they appear
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,17 @@ class Restarted:
     type: Literal["restarted"] = "restarted"
 
 
-StreamEvent = TextDelta | Finish | AttemptFailed | Restarted
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    """A model of the chain sent its first event: it is the one answering (`model` is its
+    `provider/model` name). Yielded once per answer, before that first event."""
+
+    model: str
+    provider: str
+    type: Literal["attempt_started"] = "attempt_started"
+
+
+StreamEvent = TextDelta | Finish | AttemptFailed | AttemptStarted | Restarted
 
 # Machine codes a ProviderError carries; they reach clients as the `code` of an `error` event.
 ErrorCode = Literal[
@@ -135,3 +146,15 @@ class Provider(Protocol):
     name: str  # "provider/model"
 
     def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]: ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A model that can count a request's input tokens without answering it (a capability some
+    adapters have: Claude's token-counting endpoint)."""
+
+    name: str
+
+    async def count_tokens(self, request: ModelRequest) -> int:
+        """The input tokens `request` would use; raises `ProviderError`."""
+        ...

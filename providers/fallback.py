@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from providers.base import (
     AttemptFailed,
+    AttemptStarted,
     Finish,
     ModelRequest,
     Provider,
@@ -134,6 +135,7 @@ class FallbackChain:
                                 if not started:
                                     started = True
                                     first_token.reschedule(None)
+                                    yield AttemptStarted(model.name, model.name.partition("/")[0])
                                 yield event
                     verdict = answered[0] = True
                     circuit.succeeded()

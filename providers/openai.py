@@ -85,6 +85,8 @@ class OpenAIModel:
         }
         if request.temperature is not None:
             params["temperature"] = request.temperature
+        if request.stop:
+            params["stop"] = list(request.stop)
         return params
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:

@@ -18,7 +18,7 @@ from contextlib import aclosing
 import structlog
 from aiohttp import web
 
-from providers.base import AttemptFailed, Finish, ModelRequest, Provider, ProviderError, Restarted, TextDelta
+from providers.base import AttemptFailed, AttemptStarted, Finish, ModelRequest, Provider, ProviderError, Restarted, TextDelta
 from service.app_keys import CHAIN, METRICS, REQUEST_ID, REQUEST_LOG
 from service.formats import WireFormat
 from service.outcome import (
@@ -102,10 +102,11 @@ async def _consume(
     outcome: Outcome,
     on_text: Callable[[str], Awaitable[None]] | None,
     on_restart: Callable[[], Awaitable[None]] | None = None,
+    on_start: Callable[[AttemptStarted], Awaitable[None]] | None = None,
 ) -> None:
     """Read the provider's events into `outcome` within the deadline, handing each text piece to
-    `on_text` (and a restart to `on_restart`); upstream failures and time limits end up in
-    `outcome.error`."""
+    `on_text`, a restart to `on_restart` and the model that starts answering to `on_start`;
+    upstream failures and time limits end up in `outcome.error`."""
     started = time.perf_counter()
     text = outcome.text
     try:
@@ -125,6 +126,8 @@ async def _consume(
                     text.clear()  # the answer is the next model's alone
                     if on_restart is not None:
                         await on_restart()
+                elif type(event) is AttemptStarted and on_start is not None:
+                    await on_start(event)
     except ProviderError as exc:
         outcome.error = exc
     except TimeoutError:
@@ -160,12 +163,15 @@ async def stream_answer(
 
     async def send_restart() -> None:
         await response.write(wire.restart())
+    async def send_start(event: AttemptStarted) -> None:
+        if started := wire.answering(event.provider, event.model.partition("/")[2]):
+            await response.write(started)
 
     try:
         await response.prepare(request)
         if opening := wire.opening(message_id):
             await response.write(opening)
-        await _consume(cutoff, deadline, provider, model_request, outcome, send_text, send_restart)
+        await _consume(cutoff, deadline, provider, model_request, outcome, send_text, send_restart, send_start)
         receipt = await end(outcome)
         # `end` may have found a fault of ours (a failed store raises nothing: it reports
         # `persisted: false`), so the terminal event is chosen after it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -19,10 +20,12 @@ log = structlog.get_logger("ai_stream")
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(web.HTTPException):
-    """An HTTP error whose body is `{"error", "code", "details"}` JSON."""
+    """An HTTP error whose body is `{"error", "code", "details"}` JSON, or the error shape of
+    the API its route speaks (see `error_shape`)."""
 
     def __init__(
         self,
@@ -34,6 +37,8 @@ class ApiError(web.HTTPException):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.status_code = status
+        self.message = message
+        self.details = details or []
         super().__init__(
             headers=headers,
             text=web.json_response({"error": message, "code": code, "details": details or []}).text,
@@ -57,6 +62,27 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
     code, message = _STATUS_CODES.get(exc.status, ("http_error", exc.reason))
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
     return ApiError(exc.status, code, message, headers=headers)
+
+
+# The body of an error for a route that speaks another API (OpenAI's, Anthropic's): routes name
+# theirs with `error_shape`, and the request middleware renders every error of the route with
+# it, the ones raised by middleware (keys, limits) included.
+ErrorShape = Callable[[ApiError], dict[str, Any]]
+
+
+def error_shape(render: ErrorShape) -> Callable[[Handler], Handler]:
+    def mark(handler: Handler) -> Handler:
+        handler.error_shape = render  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def _in_route_shape(request: web.Request, error: ApiError) -> ApiError:
+    render: ErrorShape | None = getattr(request.match_info.handler, "error_shape", None)
+    if render is not None:
+        error.text = json.dumps(render(error), ensure_ascii=False)
+    return error
 
 
 def request_log(request: web.Request) -> dict[str, Any]:
@@ -90,6 +116,7 @@ async def request_middleware(
         status = exc.status
         if isinstance(exc, ApiError):
             fields.setdefault("error_code", exc.code)
+            _in_route_shape(request, exc)
         raise
     except asyncio.CancelledError:
         status = 499  # the client went away; nginx's name for it
@@ -97,7 +124,7 @@ async def request_middleware(
     except Exception:
         log.exception("unhandled_error", request_id=request_id, route=request.path)
         status = 500
-        raise ApiError(500, "internal_error", "Something went wrong on our side.") from None
+        raise _in_route_shape(request, ApiError(500, "internal_error", "Something went wrong on our side.")) from None
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"

@@ -1,5 +1,5 @@
-"""Who may call, and how often: bearer keys and the per-minute limit on every `/ai/...` route,
-and CORS for browsers."""
+"""Who may call, and how often: API keys and the per-minute limit on every API route (`/ai/...`
+and the OpenAI- and Anthropic-compatible `/v1/...`), and CORS for browsers."""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ from service.settings import ApiKey, Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PROTECTED_PREFIX = "/ai/"
+# The API routes: the service's own, and those of the OpenAI and Anthropic SDKs. Paths under
+# them that match no route are protected too, so that a 404 tells a stranger nothing.
+PROTECTED_PREFIXES = ("/ai/", "/v1/")
 # Open like /health: load balancers that only route /ai/stream/ check this one.
 OPEN_PATHS = frozenset({"/ai/stream/health"})
 
 
 def is_protected(path: str) -> bool:
-    return path.startswith(PROTECTED_PREFIX) and path not in OPEN_PATHS
+    return path.startswith(PROTECTED_PREFIXES) and path not in OPEN_PATHS
 
 
 def _digest(value: str) -> bytes:
@@ -88,8 +90,12 @@ def opens_answer(handler: Handler) -> Handler:
 
 
 def _key_name(keys: list[tuple[bytes, ApiKey]], request: web.Request) -> str:
+    """The name of the key sent as `Authorization: Bearer <key>` or, as the Anthropic SDK sends
+    it, `x-api-key: <key>`."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     key = find_key(keys, token.strip()) if scheme.lower() == "bearer" else None
+    if key is None and (presented := request.headers.get("x-api-key")) is not None:
+        key = find_key(keys, presented.strip())
     if key is None:
         raise ApiError(
             401,
@@ -100,6 +106,26 @@ def _key_name(keys: list[tuple[bytes, ApiKey]], request: web.Request) -> str:
     return key.name
 
 
+# What the OpenAI and Anthropic SDKs send from a browser besides the headers above.
+SDK_HEADERS = (
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "X-Stainless-Arch",
+    "X-Stainless-Lang",
+    "X-Stainless-OS",
+    "X-Stainless-Package-Version",
+    "X-Stainless-Retry-Count",
+    "X-Stainless-Runtime",
+    "X-Stainless-Runtime-Version",
+    "X-Stainless-Timeout",
+    "X-Stainless-Helper-Method",
+)
+
+
 def setup_cors(app: web.Application, origins: list[str]) -> None:
     """Allow the configured origins on every route; with none configured, send no CORS headers."""
     if not origins:
@@ -107,7 +133,7 @@ def setup_cors(app: web.Application, origins: list[str]) -> None:
     options = aiohttp_cors.ResourceOptions(
         allow_credentials=False,  # bearer keys are sent explicitly, never as cookies
         expose_headers=("X-Request-ID", "Retry-After"),
-        allow_headers=("Content-Type", "Authorization", "X-Request-ID"),
+        allow_headers=("Content-Type", "Authorization", "X-Request-ID", *SDK_HEADERS),
         allow_methods=("GET", "POST", "PATCH", "DELETE", "OPTIONS"),
         max_age=600,
     )

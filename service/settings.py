@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(8192, ge=1, validation_alias=AliasChoices("AI_MAX_TOKENS_LIMIT", "max_tokens_limit"))
     default_timezone: str = Field("UTC", validation_alias=AliasChoices("AI_DEFAULT_TIMEZONE", "default_timezone"))
     date_context: bool = Field(True, validation_alias=AliasChoices("AI_DATE_CONTEXT", "date_context"))
+    # The date context on the OpenAI- and Anthropic-compatible routes (SDK code often brings its own system prompt).
+    compat_date_context: bool = Field(True, validation_alias=AliasChoices("AI_COMPAT_DATE_CONTEXT", "compat_date_context"))
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=AliasChoices("AI_MAX_BODY_BYTES", "max_body_bytes"))
     # A request body must arrive within this many seconds (a slow body holds a stream slot).
     body_timeout: PositiveSeconds = Field(10.0, validation_alias=AliasChoices("AI_BODY_TIMEOUT", "body_timeout"))

@@ -256,6 +256,17 @@ def _openai_usage(sc: Scenario) -> dict[str, int]:
             "total_tokens": sc.input_tokens + sc.out_tokens}
 
 
+def count_chars(body: dict[str, Any]) -> int:
+    """The characters of text in a Messages body: its system prompt and every message."""
+
+    def text(content: Any) -> int:
+        if isinstance(content, str):
+            return len(content)
+        return sum(len(block.get("text", "")) for block in content or () if isinstance(block, dict))
+
+    return text(body.get("system")) + sum(text(m.get("content")) for m in body.get("messages") or ())
+
+
 WireType = type[_AnthropicWire] | type[_OpenAIWire]
 # Picks the Scenario for one request from what it asked (e.g. the prompt in `body`).
 Chooser = Callable[[RecordedRequest], Scenario]
@@ -285,6 +296,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/messages", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         # handler_cancellation: a client going away cancels the handler, even mid-sleep
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
@@ -379,6 +391,20 @@ class FakeUpstream:
         finally:
             rec.ended_at = rec.ended_at or time.monotonic()
             self._tasks.discard(task)
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """Anthropic's token counting, deterministic: a token per 4 characters of text (at least 1);
+        a model scripted with an `http_error` gets that error instead."""
+        body = await request.json()
+        model = str(body.get("model", ""))
+        rec = RecordedRequest("anthropic", request.path, {k.lower(): v for k, v in request.headers.items()}, body, model,
+                              time.monotonic())
+        self.requests.append(rec)
+        rec.scenario = sc = self._next_scenario(model)
+        rec.ended_at = time.monotonic()
+        if sc.kind == "http_error":
+            return web.json_response(_AnthropicWire.error_body(sc, _rand_id("req_")), status=sc.status)
+        return web.json_response({"input_tokens": max(1, count_chars(body) // 4)})
 
     async def _respond(
         self, request: web.Request, rec: RecordedRequest, sc: Scenario, wire: WireType

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from service.outcome import SHUTDOWN_MESSAGE
+from tests.compat_wire import DONE as CHUNKS_DONE
+from tests.compat_wire import parse_chunks, parse_message_events
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
 from tests.ui_stream import DONE, parse_ui_chunks
@@ -32,7 +34,9 @@ class WireCase:
     path: str
     body: Callable[[str, str | None], dict[str, Any]]  # (question, thread id or None) -> body
     parse: Callable[[bytes], list[Event]]
-    first_text: bytes  # how an event that carries text starts on the wire
+    first_text: bytes  # what only an event that carries text holds on the wire
+    keepalive: bytes = b": ping\n\n"
+    stores_threads: bool = True
 
 
 def typed_body(question: str, thread: str | None) -> dict[str, Any]:
@@ -82,9 +86,58 @@ def ui_parse(raw: bytes) -> list[Event]:
     return events
 
 
+def openai_body(question: str, thread: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "ai-stream", "messages": [{"role": "user", "content": question}], "stream": True}
+    return {**body, "thread_id": thread} if thread else body  # not a thread there: ignored
+
+
+def openai_parse(raw: bytes) -> list[Event]:
+    events: list[Event] = []
+    model = None
+    for chunk in parse_chunks(raw):
+        if chunk == CHUNKS_DONE:
+            events.append(("done", {"model": model, "message_id": None}))
+        elif "error" in chunk:
+            events.append(("error", chunk["error"]["message"]))
+        else:
+            model = chunk["model"]
+            for choice in chunk["choices"]:
+                if content := choice["delta"].get("content"):
+                    events.append(("text", content))
+            events.append(("other", "chunk"))
+    return events
+
+
+def anthropic_body(question: str, thread: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "ai-stream", "max_tokens": 100, "messages": [{"role": "user", "content": question}],
+                            "stream": True}
+    return {**body, "thread_id": thread} if thread else body
+
+
+def anthropic_parse(raw: bytes) -> list[Event]:
+    events: list[Event] = []
+    model = None
+    for event in parse_message_events(raw):
+        kind = event["type"]
+        if kind == "message_start":
+            model = event["message"]["model"]
+        if kind == "content_block_delta":
+            events.append(("text", event["delta"]["text"]))
+        elif kind == "message_stop":
+            events.append(("done", {"model": model, "message_id": None}))
+        elif kind == "error":
+            events.append(("error", event["error"]["message"]))
+        else:
+            events.append(("other", kind))
+    return events
+
+
 CASES = [
     WireCase("typed", "/ai/stream/chat", typed_body, typed_parse, b'data: {"type":"content"'),
     WireCase("ui", "/ai/ui/chat", ui_body, ui_parse, b'data: {"type":"text-delta"'),
+    WireCase("openai", "/v1/chat/completions", openai_body, openai_parse, b'"delta":{"content":', stores_threads=False),
+    WireCase("anthropic", "/v1/messages", anthropic_body, anthropic_parse, b"event: content_block_delta",
+             keepalive=b'event: ping\ndata: {"type":"ping"}\n\n', stores_threads=False),
 ]
 
 
@@ -135,7 +188,7 @@ async def test_one_terminal_event_last_and_no_duplicated_text(client, fake_upstr
 async def test_disconnect_closes_the_upstream_within_a_second(client, fake_upstream, wire):
     fake_upstream.script("claude-primary", Scenario(tokens=["tok"] * 200, token_delay=0.05))
     resp = await client.post(wire.path, json=wire.body("x", None))
-    while not (await resp.content.readuntil(b"\n\n")).startswith(wire.first_text):
+    while wire.first_text not in await resp.content.readuntil(b"\n\n"):
         pass
     resp.close()
     record = await fake_upstream.wait_for_disconnect(timeout=1.0)
@@ -148,7 +201,7 @@ async def test_keepalive_while_the_model_is_silent(make_client, fake_upstream, w
     resp = await client.post(wire.path, json=wire.body("x", None))
     raw = await resp.read()
     before_text = raw[: raw.index(wire.first_text)]
-    assert b": ping\n\n" in before_text
+    assert wire.keepalive in before_text
     events = wire.parse(raw)
     assert terminal(events)[0] == "done" and text(events) == "late"
 
@@ -172,6 +225,10 @@ async def test_the_answer_is_stored_under_the_id_the_stream_names(make_client, s
     fake_upstream.script("claude-primary", Scenario(tokens=["kept", " answer"]))
     events = await ask(client, wire, "store me", thread="promise-1")
     kind, done = terminal(events)
+    if not wire.stores_threads:  # a `thread_id` in such a body is not a thread: nothing is stored
+        assert kind == "done"
+        assert await store_target.fetch("SELECT id FROM messages") == []
+        return
     assert kind == "done" and done["message_id"]
     rows = await store_target.fetch("SELECT id, role, content, status, model FROM messages ORDER BY seq")
     assert [row[1:] for row in rows] == [

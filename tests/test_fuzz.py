@@ -33,10 +33,12 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
+from tests.compat_wire import DONE as CHUNKS_DONE
+from tests.compat_wire import parse_chunks, parse_message_events
 from tests.conftest import parse_events
-from tests.ui_stream import DONE, parse_ui_chunks
 from tests.fake_upstream import Scenario
 from tests.support.processes import RunningService, ThreadedUpstream, run_service, service_env  # noqa: F401
+from tests.ui_stream import DONE, parse_ui_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "openapi.yaml"
@@ -92,8 +94,39 @@ def check_ui_stream(response: Any) -> None:
     assert kinds and kinds[-1] in ("finish", "error") and sum(k in ("finish", "error") for k in kinds) == 1, kinds
 
 
-def check_event_stream(response: Any) -> None:
-    """Every event is a StreamEvent; content events, then exactly one terminal event."""
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]})
+
+
+CHUNK, MESSAGE_EVENT = _validator("ChatCompletionChunk"), _validator("MessageStreamEvent")
+
+
+def check_chunks(response: Any) -> None:
+    """Chunks, then `[DONE]` or one error event, last."""
+    events = parse_chunks(response.content)
+    for event in events:
+        if event != CHUNKS_DONE:
+            assert not [e.message for e in CHUNK.iter_errors(event)], event
+    terminals = [i for i, e in enumerate(events) if e == CHUNKS_DONE or "error" in e]
+    assert terminals == [len(events) - 1], events
+
+
+def check_message_events(response: Any) -> None:
+    """Messages events, then `message_stop` or one `error`, last."""
+    events = parse_message_events(response.content)
+    for event in events:
+        assert not [e.message for e in MESSAGE_EVENT.iter_errors(event)], event
+    terminals = [i for i, e in enumerate(events) if e["type"] in ("message_stop", "error")]
+    assert terminals == [len(events) - 1], events
+
+
+def check_event_stream(response: Any, path: str = "") -> None:
+    """Every event is a StreamEvent; content events, then exactly one terminal event (or the
+    same promise in the format of an OpenAI- or Anthropic-compatible route)."""
+    if path == "/v1/chat/completions":
+        return check_chunks(response)
+    if path == "/v1/messages":
+        return check_message_events(response)
     events = parse_events(response.content)
     for event in events:
         errors = [e.message for e in STREAM_EVENT.iter_errors(event)]
@@ -117,7 +150,7 @@ def call_and_check(case: Any, service: RunningService) -> Any:
         if media_type == "text/event-stream" and response.headers.get("x-vercel-ai-ui-message-stream") == ["v1"]:
             check_ui_stream(response)
         elif media_type == "text/event-stream":
-            check_event_stream(response)
+            check_event_stream(response, case.path)
         elif media_type == "application/yaml":
             assert yaml.safe_load(response.content) == SPEC
     except AssertionError as exc:

@@ -219,7 +219,7 @@ def test_document_is_valid_openapi_31() -> None:
     assert spec["info"]["title"] == "ai-stream"
     assert spec["info"]["version"] == __version__ == "0.1.0"
     operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values() if isinstance(op, dict)]
-    assert len(operation_ids) == len(set(operation_ids)) == 15
+    assert len(operation_ids) == len(set(operation_ids)) == 19
 
 
 def test_every_schema_is_valid_draft_2020_12(contract: Contract) -> None:
@@ -238,8 +238,11 @@ def test_keys_and_rate_limit_are_documented_on_every_ai_operation(contract: Cont
     for template, method, op in contract.operations():
         where = f"{method.upper()} {template}"
         if is_protected(template):
-            # `{}`: no key is needed while none is configured (API keys are optional).
-            assert op.get("security") == [{"bearerAuth": []}, {}], where
+            # `{}`: no key is needed while none is configured (API keys are optional). The
+            # OpenAI- and Anthropic-compatible routes also take the key as `x-api-key`.
+            sdk_routes = template.startswith("/v1/")
+            expected = [{"bearerAuth": []}, {"apiKeyAuth": []}, {}] if sdk_routes else [{"bearerAuth": []}, {}]
+            assert op.get("security") == expected, where
             assert {"401", "429"} <= set(op["responses"]), where
         elif template == "/metrics":
             assert op.get("security") == [{}, {"bearerAuth": []}], where
@@ -442,6 +445,17 @@ DEFAULT_CASES = [
                  "models.*.circuit": [{"state": "closed", "consecutive_failures": 0, "retry_in_seconds": 0}] * 3,
                  "storage": {"backend": "sqlite", "ok": True}, "open_streams": 0, "version": __version__}),
     Case("stream-health", STREAM_HEALTH, method="GET", expect={"status": "ok", "storage.ok": True}),
+    # the OpenAI- and Anthropic-compatible routes (their streams and errors: test_compat_*.py)
+    Case("chat-completion-json", "/v1/chat/completions", json={"model": "ai-stream", "messages": USER_HI}, schema_valid=True,
+         expect={"object": "chat.completion", "model": "claude-primary", "choices.0.message.content": ANSWER,
+                 "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}}),
+    Case("models", "/v1/models", method="GET",
+         expect={"object": "list", "data.*.id": ["ai-stream", "anthropic/claude-primary", "anthropic/claude-backup",
+                                                 "openai/gpt-fallback"]}),
+    Case("message-json", "/v1/messages", json={"model": "claude-backup", "max_tokens": 10, "messages": USER_HI},
+         schema_valid=True, expect={"type": "message", "model": "claude-backup", "content.0.text": ANSWER,
+                                    "usage": ANSWER_USAGE}),
+    Case("count-tokens", "/v1/messages/count_tokens", json={"model": "ai-stream", "messages": USER_HI}, schema_valid=True),
     # 400 validation_error: what the schema alone rejects
     Case("missing-prompt", GEN, json={"max_tokens": 10}, status=400, code="validation_error", schema_valid=False),
     Case("blank-prompt", GEN, json={"prompt": " \n\t"}, status=400, code="validation_error", schema_valid=False),

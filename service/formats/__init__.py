@@ -25,6 +25,11 @@ class WireFormat(Protocol):
         stored under, when it belongs to a thread."""
         ...
 
+    def answering(self, provider: str, model: str) -> bytes:
+        """Written when a model of the chain starts answering (once, before its first text or its
+        end): the format may name that model here (may be empty)."""
+        ...
+
     def text(self, text: str) -> bytes:
         """One text piece: the hot path."""
         ...

@@ -47,6 +47,9 @@ class TypedEvents:
     def opening(self, message_id: str | None) -> bytes:
         return b""
 
+    def answering(self, provider: str, model: str) -> bytes:
+        return b""  # the `done` event names the model
+
     def text(self, text: str) -> bytes:
         return b'data: {"type":"content","text":' + _encode(text).encode() + b"}\n\n"
 

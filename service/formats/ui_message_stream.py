@@ -65,6 +65,9 @@ class UIMessageStream:
         start = chunk({"type": "start", "messageId": message_id or new_ui_id()})
         return start + b'data: {"type":"start-step"}\n\n'
 
+    def answering(self, provider: str, model: str) -> bytes:
+        return b""  # the `finish` chunk's metadata names the model
+
     def text(self, text: str) -> bytes:
         head = b""
         if not self._open:
