@@ -89,12 +89,26 @@ class UpstreamErrors:
             response = exc.response  # type: ignore[attr-defined]
             return error_for_status(response.status_code, provider=provider, model=model, headers=response.headers)
         if isinstance(exc, self.timeout_error):
-            return interrupted(provider, model, timed_out=True)
+            # Some transports report a refused connection as a connect timeout: what the socket
+            # said decides.
+            return interrupted(provider, model, timed_out=not _refused(exc))
         if isinstance(exc, self.connection_error):
             return interrupted(provider, model)
         if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError)):
             return malformed(provider, model)
         return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the innermost cause of `exc` is a socket error other than a timeout (a refused
+    or reset connection, an unknown host)."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # the SDK's error, the HTTP library's, the transport's, the socket's
+        inner = cause.__cause__ or cause.__context__ if cause is not None else None
+        if inner is None:
+            break
+        cause = inner
+    return isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
 
 
 def error_for_status(

@@ -6,12 +6,17 @@ import argparse
 import gc
 import sys
 
+import structlog
 from aiohttp import web
 
 from service.app import create_app
+from service.app_keys import REGISTRY, SETTINGS, STORAGE
+from service.asking import NO_MODELS
 from service.log import configure_logging
 from service.protocol_errors import answer_protocol_errors_in_json
 from service.settings import ConfigError, Settings, load_settings
+
+log = structlog.get_logger("ai_stream")
 
 
 async def _freeze_heap(app: web.Application) -> None:
@@ -22,11 +27,30 @@ async def _freeze_heap(app: web.Application) -> None:
     gc.freeze()
 
 
+async def _announce(app: web.Application) -> None:
+    """One start-up line: where the service listens, which models can answer, which store it uses;
+    and a warning when no model can (every answer would be a 503)."""
+    settings = app[SETTINGS]
+    info = app[REGISTRY].info
+    log.info(
+        "service_started",
+        address=f"http://{settings.host}:{settings.port}",
+        models=[m.name for m in info if m.has_credentials],
+        models_without_credentials=[m.name for m in info if not m.has_credentials],
+        store=app[STORAGE].store.backend,
+        store_ok=app[STORAGE].ok,
+    )
+    if not any(m.has_credentials for m in info):
+        log.warning("no_model_has_credentials", hint=NO_MODELS)
+
+
 def server_app(settings: Settings) -> web.Application:
     """The application as a server process runs it: `create_app` plus process-wide tuning."""
     answer_protocol_errors_in_json()
     app = create_app(settings)
-    app.on_startup.append(_freeze_heap)  # after the cleanup contexts: the SDK clients exist by then
+    # After the cleanup contexts: the SDK clients and the store exist by then.
+    app.on_startup.append(_announce)
+    app.on_startup.append(_freeze_heap)
     return app
 
 

@@ -23,8 +23,8 @@ from service.outcome import Outcome
 from storage import ClientMessage
 
 NO_MODELS = (
-    "No model is configured with credentials: set ANTHROPIC_API_KEY (or OPENAI_API_KEY for "
-    "OpenAI-compatible models) for a model of AI_MODELS."
+    "No model is configured with credentials: set ANTHROPIC_API_KEY, OPENAI_API_KEY or "
+    "AI_ENDPOINT_<NAME>_API_KEY for an endpoint of a model in AI_MODELS."
 )
 
 
