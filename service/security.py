@@ -100,7 +100,7 @@ def _key_name(keys: list[tuple[bytes, ApiKey]], request: web.Request) -> str:
         raise ApiError(
             401,
             "unauthorized",
-            "A valid API key is required: send Authorization: Bearer <key>.",
+            "A valid API key is required: send Authorization: Bearer <key> (or x-api-key: <key>).",
             headers={"WWW-Authenticate": 'Bearer realm="ai-stream"'},
         )
     return key.name

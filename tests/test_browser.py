@@ -403,7 +403,7 @@ async def test_key_is_asked_for_and_kept_in_session_storage_only(browser, start_
     await page.fill("#key-input", "not-the-right-key-at-all")
     await page.press("#key-input", "Enter")
     await expect(dialog).to_be_visible()
-    await expect(page.locator("#key-error")).to_have_text("A valid API key is required: send Authorization: Bearer <key>.")
+    await expect(page.locator("#key-error")).to_have_text("A valid API key is required: send Authorization: Bearer <key> (or x-api-key: <key>).")
     await page.fill("#key-input", API_KEY)
     await page.press("#key-input", "Enter")
     await expect(dialog).to_be_hidden()
