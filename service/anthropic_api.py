@@ -53,8 +53,7 @@ class MessagesRequest:
 @opens_answer
 @error_shape(anthropic_messages.error_body)
 async def messages(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    asked, wire = _asked(request, await read_json(request, settings.max_body_bytes, settings.body_timeout))
+    asked, wire = _asked(request, await read_json(request))
     return await answer(request, asked, wire)
 
 
@@ -68,9 +67,8 @@ def _asked(request: web.Request, data: dict[str, Any]) -> tuple[Asked, MessageEv
 async def count_tokens(request: web.Request) -> web.Response:
     """Claude's own count when the request's first model can count (passed through to its
     token-counting endpoint); otherwise an estimate from the text's length."""
-    settings = request.app[SETTINGS]
     read = read_messages_request(
-        request, await read_json(request, settings.max_body_bytes, settings.body_timeout), counting=True
+        request, await read_json(request), counting=True
     )
     models = getattr(read.provider, "models", (read.provider,))
     primary = models[0] if models else None

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from providers.sse import may_hold_surrogates, repaired
 
+from service.app_keys import SETTINGS
 from service.datecontext import is_known_zone
 from service.errors import ApiError
 from service.schemas import describe_errors
@@ -23,12 +24,14 @@ def _is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-async def read_json(request: web.Request, max_bytes: int, timeout: float) -> dict[str, Any]:
-    """The body as a JSON object, read within `timeout` seconds.
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, of at most AI_MAX_BODY_BYTES, read within AI_BODY_TIMEOUT.
 
     Only a JSON content type is taken: a web page can send `text/plain` or a form to any
     address without asking first (a "simple" request, no CORS preflight), but not
     `application/json`, so this keeps other sites from spending the service's tokens."""
+    settings = request.app[SETTINGS]
+    max_bytes, timeout = settings.max_body_bytes, settings.body_timeout
     content_type = request.content_type
     if not _is_json_type(content_type):
         # aiohttp reports a missing Content-Type as application/octet-stream.

@@ -42,8 +42,7 @@ STARTED = int(time.time())  # the `created` of the listed models: when this proc
 @opens_answer
 @error_shape(openai_chat.error_body)
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    asked, wire = _completion_request(request, await read_json(request, settings.max_body_bytes, settings.body_timeout))
+    asked, wire = _completion_request(request, await read_json(request))
     return await answer(request, asked, wire)
 
 

@@ -29,8 +29,7 @@ OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
 @opens_answer
 async def generate(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    asked = _generate_request(request, await read_json(request, settings.max_body_bytes, settings.body_timeout))
+    asked = _generate_request(request, await read_json(request))
     return await answer(request, asked, TypedEvents())
 
 
@@ -49,8 +48,7 @@ def _generate_request(request: web.Request, data: dict[str, Any]) -> Asked:
 
 @opens_answer
 async def chat(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    asked = _chat_request(request, await read_json(request, settings.max_body_bytes, settings.body_timeout))
+    asked = _chat_request(request, await read_json(request))
     return await answer(request, asked, TypedEvents())
 
 

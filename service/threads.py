@@ -15,7 +15,7 @@ from aiohttp import web
 from service.body import read_json
 from service.conversations import NOT_FOUND, UNAVAILABLE, _query_limit, _query_user_id, _thread_id, owner_of
 from service.errors import ApiError
-from service.app_keys import SETTINGS, STORAGE
+from service.app_keys import STORAGE
 from service.schemas import THREAD_ID_PATTERN
 from service.storage_state import StorageState
 from storage import StorageError, ThreadNotFound, ThreadPosition, ThreadSummary
@@ -124,8 +124,7 @@ def clean_title(value: object) -> str:
 async def rename_thread(request: web.Request) -> web.Response:
     thread_id = _thread_id(request)
     owner = owner_of(request, _query_user_id(request))
-    settings = request.app[SETTINGS]
-    data = await read_json(request, settings.max_body_bytes, settings.body_timeout)
+    data = await read_json(request)
     if "title" not in data:
         raise _invalid("title", "title is required")
     title = clean_title(data["title"])

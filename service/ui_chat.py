@@ -74,8 +74,7 @@ class UIChatBody(BaseModel):
 
 @opens_answer
 async def ui_chat(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    asked = _ui_chat_request(request, await read_json(request, settings.max_body_bytes, settings.body_timeout))
+    asked = _ui_chat_request(request, await read_json(request))
     return await answer(request, asked, UIMessageStream())
 
 
