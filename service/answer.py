@@ -151,8 +151,7 @@ async def stream_answer(
 ) -> EventStream:
     """Stream the answer in `wire`'s format (into `outcome`, when the caller keeps it;
     `message_id`: the id it is stored under, if any). Once the headers are out, nothing that
-    raises (short of the client leaving) ends the stream
-    without its terminal event."""
+    raises (short of the client leaving) ends the stream without its terminal event."""
     response = EventStream(ping_interval=ping_interval, keepalive=wire.keepalive, headers=wire.headers)
     outcome = outcome if outcome is not None else Outcome()
     cutoff = Cutoff()
@@ -163,6 +162,7 @@ async def stream_answer(
 
     async def send_restart() -> None:
         await response.write(wire.restart())
+
     async def send_start(event: AttemptStarted) -> None:
         if started := wire.answering(event.provider, event.model.partition("/")[2]):
             await response.write(started)
