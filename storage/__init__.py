@@ -10,29 +10,35 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .base import (
+    Cut,
     Owner,
     StorageError,
     StorageUnavailable,
     Store,
     StoredMessage,
+    Summary,
     ThreadNotFound,
     ThreadPosition,
     ThreadSummary,
     Turn,
+    UnknownMessage,
     new_message_id,
 )
 
 __all__ = [
+    "Cut",
     "DEFAULT_SQLITE_PATH",
     "Owner",
     "StorageError",
     "StorageUnavailable",
     "Store",
     "StoredMessage",
+    "Summary",
     "ThreadNotFound",
     "ThreadPosition",
     "ThreadSummary",
     "Turn",
+    "UnknownMessage",
     "create_store",
     "new_message_id",
 ]

@@ -50,7 +50,7 @@ def _target(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Sto
         return StoreTarget("sqlite", f"sqlite:///{tmp_path / 'threads.db'}")
     url = request.getfixturevalue("pg_url")
     target = StoreTarget("postgresql", url)
-    run_in_thread(lambda: target.fetch("TRUNCATE threads, messages"))
+    run_in_thread(lambda: target.fetch("TRUNCATE threads, messages CASCADE"))
     return target
 
 

@@ -100,7 +100,7 @@ async def test_database_outage_under_concurrent_threaded_load(make_client, pg_ur
     proxy = TcpProxy("127.0.0.1", 5432)
     await proxy.start()
     target = StoreTarget("postgresql", pg_url)
-    await target.fetch("TRUNCATE threads, messages")
+    await target.fetch("TRUNCATE threads, messages CASCADE")
     try:
         client = await make_client(
             database_url=with_address(pg_url, "127.0.0.1", proxy.port), storage_check_interval=0.1, request_timeout=3.0
