@@ -173,6 +173,10 @@ class Store(Protocol):
         """Apply `cut` on its own (see `Cut`); returns how many messages were removed."""
         ...
 
+    async def summary_of(self, thread_id: str, owner: Owner) -> Summary | None:
+        """The thread's newest summary (ThreadNotFound for another owner's thread)."""
+        ...
+
     async def save_summary(self, thread_id: str, owner: Owner, summary: Summary) -> bool:
         """Store a summary of the thread, once per covered range; False if the thread is gone
         (or another owner's) or the range already has one."""

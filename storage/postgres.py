@@ -345,6 +345,15 @@ class PostgresStore:
                 raise ThreadNotFound(thread_id)
             return await self._cut(conn, thread_id, cut)
 
+    async def summary_of(self, thread_id: str, owner: Owner) -> Summary | None:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._connection() as conn:
+            thread = await conn.fetchrow(SELECT_THREAD_OWNER, thread_id)
+            if thread is None or not owner.matches(thread["key_name"], thread["user_id"]):
+                raise ThreadNotFound(thread_id)
+            row = await conn.fetchrow(SELECT_LATEST_SUMMARY, thread_id)
+        return _to_summary(row) if row is not None else None
+
     async def save_summary(self, thread_id: str, owner: Owner, summary: Summary) -> bool:
         thread_id = scoped_thread_id(owner, thread_id)
         async with self._connection() as conn, conn.transaction():

@@ -355,6 +355,15 @@ class SqliteStore:
                 raise ThreadNotFound(thread_id)
             return await self._cut(conn, thread_id, cut)
 
+    async def summary_of(self, thread_id: str, owner: Owner) -> Summary | None:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._connection() as conn:
+            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not threads or not owner.matches(*threads[0]):
+                raise ThreadNotFound(thread_id)
+            rows = await conn.execute_fetchall(SELECT_LATEST_SUMMARY, (thread_id,))
+        return _to_summary(rows[0]) if rows else None
+
     async def save_summary(self, thread_id: str, owner: Owner, summary: Summary) -> bool:
         thread_id = scoped_thread_id(owner, thread_id)
         async with self._transaction() as conn:
