@@ -79,13 +79,15 @@ class AnthropicModel:
             # the block before the new turn is marked too, so that the next turn, which repeats
             # everything up to there byte for byte, reads it from the cache.
             params["cache_control"] = marker
+            # Every message as text blocks, marked or not, so that a message is sent alike
+            # from turn to turn whichever block carries the marker.
+            for message in messages:
+                if isinstance(message["content"], str):
+                    message["content"] = [_text(message["content"])]
             end = stable_prefix_end(request.messages)
             if end > 0:
-                prefix_last = messages[end - 1]
-                content = prefix_last["content"]
-                blocks = [_text(content)] if isinstance(content, str) else list(content)
+                blocks = messages[end - 1]["content"]
                 blocks[-1] = {**blocks[-1], "cache_control": marker}
-                prefix_last["content"] = blocks
             elif isinstance(system, str) and system == request.system:
                 system = [{**_text(system), "cache_control": marker}]
         if system:

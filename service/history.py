@@ -57,6 +57,7 @@ class Replay:
     left_out: tuple[StoredMessage, ...]  # whole turns the budget left out (not already summarized), oldest first
     tokens: int | None  # the prompt's size as counted here, when a token budget applies
     exact: bool  # whether that count rests on a size the model reported
+    cut: bool = False  # the oldest replayed message was cut (with TRUNCATED_MARKER) to fit
 
 
 @dataclass(slots=True)
@@ -124,7 +125,9 @@ def plan_replay(
         if start == len(turns):  # the newest turn alone is too large: keep its end
             room = chars_left
             if sizes is not None:
-                room = min(room, (budget.max_tokens - sizes.total(start)) * CHARS_PER_TOKEN)  # type: ignore[operator]
+                # Less a token per message: each is counted rounded up.
+                tokens_left = budget.max_tokens - sizes.total(start) - len(turn.messages)  # type: ignore[operator]
+                room = min(room, tokens_left * CHARS_PER_TOKEN)
             if room > len(TRUNCATED_MARKER) * 2:
                 cut = _cut(turn.messages, room)
         break
@@ -135,7 +138,7 @@ def plan_replay(
     first_seq = turns[start].first_seq if start < len(turns) else None
     left_out = tuple(m for turn in turns[:start] for m in turn.stored)
     tokens = sizes.total(start) if sizes is not None and cut is None else None
-    return Replay(tuple(kept) + new_turn, first_seq, left_out, tokens, sizes is not None and sizes.exact)
+    return Replay(tuple(kept) + new_turn, first_seq, left_out, tokens, sizes is not None and sizes.exact, cut is not None)
 
 
 class _TokenSizes:

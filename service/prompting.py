@@ -36,7 +36,7 @@ def cache_marker(setting: str, request: ModelRequest) -> Literal["5m", "1h"] | N
 class PromptShape:
     """What an answer's row keeps about its prompt, so that the next turn can count it."""
 
-    replay_from_seq: int  # the first replayed message; 0: none was replayed
+    replay_from_seq: int | None  # the first replayed message; 0: none was replayed; None: one was cut
     summary_through_seq: int | None  # the last message the summary note covered; None: no note
 
 
@@ -66,7 +66,9 @@ class ThreadPrompt:
     @property
     def shape(self) -> PromptShape:
         summary = self.turn.summary
-        return PromptShape(self.replay.first_seq or 0, summary.through_seq if summary is not None else None)
+        through = summary.through_seq if summary is not None else None
+        # A replay whose oldest message was cut to fit cannot be counted on by the next turn.
+        return PromptShape(None if self.replay.cut else self.replay.first_seq or 0, through)
 
     def shorter(self, error: PromptTooLong) -> ModelRequest | None:
         """The prompt planned again within a budget the model's answer suggests (the limit it

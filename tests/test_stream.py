@@ -177,7 +177,7 @@ async def test_chat_folds_system_messages_and_passes_parameters(client, fake_ups
     # before the new turn, which is followed by the date context.
     assert body["cache_control"] == {"type": "ephemeral"}
     assert body["messages"][:2] == [
-        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Hello!", "cache_control": {"type": "ephemeral"}}]},
     ]
     last = body["messages"][2]
