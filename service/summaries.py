@@ -102,12 +102,12 @@ class Summarizer:
         content = "".join(text).strip()
         if finish is None or not content:
             raise ProviderError("upstream_error", "The summary model gave no summary.")
-        first = previous if previous is not None else None
+        # Cumulative: it covers what the previous summary covered, and the turns after it.
         return Summary(
             thread_id=thread_id,
-            from_seq=first.from_seq if first is not None else left_out[0].seq,
+            from_seq=previous.from_seq if previous is not None else left_out[0].seq,
             through_seq=left_out[-1].seq,
-            from_message_id=first.from_message_id if first is not None else left_out[0].id,
+            from_message_id=previous.from_message_id if previous is not None else left_out[0].id,
             through_message_id=left_out[-1].id,
             content=content,
             model=finish.model,
