@@ -34,6 +34,7 @@ from aiohttp import web
 
 from tests.compat_wire import AsTyped
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY
+from tests.support.prompts import conversation
 from tests.conftest import MODELS as MODEL_SPECS  # the chain `make_client` configures
 from tests.fake_upstream import FakeUpstream, RecordedRequest, Scenario
 
@@ -90,7 +91,7 @@ class Ledger:
         self.attempts: dict[str, Attempts] = {}
 
     def __call__(self, rec: RecordedRequest) -> Scenario:
-        rid = str(rec.body["messages"][-1]["content"]).split()[-1]
+        rid = conversation(rec.body)[-1]["content"].split()[-1]
         tried = self.attempts.setdefault(rid, [])
         rng = random.Random(f"{self.seed}:{rid}:{len(tried)}")
         name = rng.choices(list(FAULTS), weights=[w for w, _ in FAULTS.values()])[0]

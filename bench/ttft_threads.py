@@ -1,10 +1,12 @@
 """Time to first token with and without a `thread_id`: what storing a conversation costs.
 
-    python -m bench.ttft_threads [--requests 200] [--database-url URL]
+    python -m bench.ttft_threads [--requests 200] [--database-url URL] [--token-budget 6000]
 
 Starts the fake upstream and the service on 127.0.0.1, sends the same chat request
 sequentially with and without a thread (alternating, so drift hits both alike), and prints
-the median and p95 time from sending the request to reading the first `content` event.
+the median and p95 time from sending the request to reading the first `content` event. The
+thread's prompt is planned within AI_HISTORY_TOKEN_BUDGET (`--token-budget`, 0 for none), and
+the cost of that planning alone is measured too, on the same 50-message history, in process.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import argparse
 import asyncio
 import statistics
 import time
+import timeit
 import uuid
+from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +25,9 @@ from aiohttp import web
 from service.app import create_app
 from service.log import configure_logging
 from service.settings import load_settings
+from providers.base import Message
+from service.history import Budget, plan_replay
+from storage import StoredMessage
 from tests.fake_upstream import FakeUpstream
 
 
@@ -40,7 +47,22 @@ def summary(samples: list[float]) -> str:
     return f"p50 {statistics.median(ordered):6.2f} ms   p95 {p95:6.2f} ms"
 
 
-async def main(requests: int, database_url: str | None) -> None:
+def planning_us(history_limit: int, token_budget: int | None) -> float:
+    """Microseconds to plan one prompt over a thread's replayed history (median of 7 runs)."""
+    now = datetime.now(UTC)
+    history = [
+        StoredMessage(f"msg_{n}", "t", n + 1, "user" if n % 2 == 0 else "assistant", "hello " * 20, "m", "p", "end_turn",
+                      "complete", 400 + 20 * n if n % 2 else None, 30 if n % 2 else None, now, replay_from_seq=1 if n % 2 else None)
+        for n in range(history_limit)
+    ]
+    new_turn = (Message("user", "hello"),)
+    budget = Budget(400_000, token_budget)
+    runs = timeit.repeat(lambda: plan_replay(history, new_turn, None, budget, context="Current date and time: ..."),
+                         number=200, repeat=7)
+    return statistics.median(runs) / 200 * 1e6
+
+
+async def main(requests: int, database_url: str | None, token_budget: int | None) -> None:
     configure_logging("warning")
     async with FakeUpstream() as upstream:
         settings = load_settings(
@@ -48,6 +70,7 @@ async def main(requests: int, database_url: str | None) -> None:
             anthropic_api_key="sk-bench",
             anthropic_base_url=upstream.base_url,
             database_url=database_url,
+            history_token_budget=token_budget,
             log_level="warning",
         )
         runner = web.AppRunner(create_app(settings), handler_cancellation=True, access_log=None)
@@ -75,11 +98,15 @@ async def main(requests: int, database_url: str | None) -> None:
     print(f"without thread_id: {summary(without)}")
     print(f"with thread_id:    {summary(with_thread)}")
     print(f"difference of medians: {statistics.median(with_thread) - statistics.median(without):+.2f} ms")
+    print(f"planning the prompt within the budget ({settings.history_limit} messages, token budget {token_budget}): "
+          f"{planning_us(settings.history_limit, token_budget):.0f} us; characters only: "
+          f"{planning_us(settings.history_limit, None):.0f} us")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--token-budget", type=int, default=6000, help="AI_HISTORY_TOKEN_BUDGET; 0 for none")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.database_url))
+    asyncio.run(main(args.requests, args.database_url, args.token_budget or None))

@@ -22,6 +22,7 @@ from providers.base import (
 )
 from providers.endpoints import Endpoint
 from providers.errors import UpstreamErrors, interrupted, stream_error
+from providers.prompt import joined, last_user_index, stable_prefix_end
 from providers.sse import SSEDecoder, may_hold_surrogates, repaired
 from providers.transport import create_sdk_client
 
@@ -57,14 +58,40 @@ class AnthropicModel:
         self.errors = UpstreamErrors.of_sdk(anthropic, endpoint, model)
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in request.messages]
+        system: str | list[dict[str, Any]] | None = request.system
+        if request.context:
+            # After the stable prefix, as a block of its own in the last user message.
+            last_user = last_user_index(request.messages)
+            if last_user is None:
+                system = joined(request.system, request.context)
+            else:
+                messages[last_user]["content"] = [_text(request.messages[last_user].content), _text(request.context)]
         params: dict[str, Any] = {
             "model": self.model,
             self.max_tokens_field: request.max_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": messages,
             "stream": True,
         }
-        if request.system:
-            params["system"] = request.system
+        if request.cache is not None:
+            marker = {"type": "ephemeral"} if request.cache == "5m" else {"type": "ephemeral", "ttl": "1h"}
+            # The top-level marker caches up to the last block, which moves on with every turn;
+            # the block before the new turn is marked too, so that the next turn, which repeats
+            # everything up to there byte for byte, reads it from the cache.
+            params["cache_control"] = marker
+            # Every message as text blocks, marked or not, so that a message is sent alike
+            # from turn to turn whichever block carries the marker.
+            for message in messages:
+                if isinstance(message["content"], str):
+                    message["content"] = [_text(message["content"])]
+            end = stable_prefix_end(request.messages)
+            if end > 0:
+                blocks = messages[end - 1]["content"]
+                blocks[-1] = {**blocks[-1], "cache_control": marker}
+            elif isinstance(system, str) and system == request.system:
+                system = [{**_text(system), "cache_control": marker}]
+        if system:
+            params["system"] = system
         if request.stop:
             params["stop_sequences"] = list(request.stop)
         # No `temperature`: the Messages API (version 2026-10-21, the SDK's default) rejects every
@@ -105,13 +132,17 @@ class _MessageEvents:
     chunk it came in: an idle stream keeps only these few fields.
     """
 
-    __slots__ = ("sse", "provider", "requested", "model", "input_tokens", "output_tokens", "stop_reason", "finish", "error")
+    __slots__ = (
+        "sse", "provider", "requested", "model", "input_tokens", "output_tokens", "cache_read", "cache_write",
+        "stop_reason", "finish", "error",
+    )
 
     def __init__(self, provider: str, model: str) -> None:
         self.sse = SSEDecoder()
         self.provider = provider
         self.requested = self.model = model
         self.input_tokens = self.output_tokens = 0
+        self.cache_read = self.cache_write = 0
         self.stop_reason: str | None = None
         self.finish: Finish | None = None
         self.error: Exception | None = None  # raised after the text that came before it
@@ -130,14 +161,14 @@ class _MessageEvents:
                 elif kind == "message_start":
                     message = event["message"]
                     self.model = message.get("model") or self.model
-                    self.input_tokens = _input_tokens(message.get("usage") or {})
+                    self._prompt_usage(message.get("usage") or {})
                 elif kind == "message_delta":
                     self.stop_reason = event["delta"].get("stop_reason") or self.stop_reason
                     usage = event.get("usage") or {}
                     self.output_tokens = usage.get("output_tokens", self.output_tokens)
-                    self.input_tokens = _input_tokens(usage) or self.input_tokens
+                    self._prompt_usage(usage)
                 elif kind == "message_stop":
-                    usage = Usage(self.input_tokens, self.output_tokens)
+                    usage = Usage(self.input_tokens, self.output_tokens, self.cache_read, self.cache_write)
                     self.finish = Finish(self.model, self.provider, self.stop_reason, usage)
                     break
                 elif kind == "error":
@@ -149,11 +180,15 @@ class _MessageEvents:
             self.error = exc  # unreadable: mapped by `UpstreamErrors`, after the text before it
         return texts
 
+    def _prompt_usage(self, usage: dict[str, Any]) -> None:
+        """The prompt's counts, from `message_start` (or later, cumulative, in `message_delta`).
+        Anthropic's `input_tokens` leaves out the cached tokens; ours is the whole prompt."""
+        read = usage.get("cache_read_input_tokens") or 0
+        write = usage.get("cache_creation_input_tokens") or 0
+        total = (usage.get("input_tokens") or 0) + read + write
+        if total:
+            self.input_tokens, self.cache_read, self.cache_write = total, read, write
 
-def _input_tokens(usage: dict[str, Any]) -> int:
-    # Cached prompt tokens are billed as input too.
-    return (
-        (usage.get("input_tokens") or 0)
-        + (usage.get("cache_creation_input_tokens") or 0)
-        + (usage.get("cache_read_input_tokens") or 0)
-    )
+
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}

@@ -28,12 +28,22 @@ class ModelRequest:
     system: str | None = None
     temperature: float | None = None
     stop: tuple[str, ...] = ()  # sequences that end the answer where they appear
+    # What changes from one request to the next (the date and time): sent after the stable
+    # prefix (system prompt, earlier messages), within the last user message, so that the
+    # prefix stays byte-identical from turn to turn and a prompt cache can hold it.
+    context: str | None = None
+    # Mark the stable prefix for the model's prompt cache with this lifetime; None: no marker.
+    cache: Literal["5m", "1h"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    # input_tokens: every prompt token, read from or written to a prompt cache or not (as
+    # OpenAI's prompt_tokens); the two cache figures are parts of it.
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ written for people and never include upstream text.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Mapping
 from types import ModuleType
@@ -87,6 +88,9 @@ class UpstreamErrors:
         provider, model = self.provider, self.model
         if isinstance(exc, self.status_error):
             response = exc.response  # type: ignore[attr-defined]
+            too_long = prompt_too_long(response.status_code, getattr(exc, "body", None), provider=provider, model=model)
+            if too_long is not None:
+                return too_long
             return error_for_status(response.status_code, provider=provider, model=model, headers=response.headers)
         if isinstance(exc, self.timeout_error):
             # Some transports report a refused connection as a connect timeout: what the socket
@@ -186,3 +190,48 @@ def malformed(provider: str, model: str) -> ProviderError:
         model=model,
         fallback=True,
     )
+
+
+class PromptTooLong(ProviderError):
+    """The model's answer to a prompt longer than it takes (a 400 that says so, or a 413): the
+    same request fails everywhere, a shorter one may not. `sent` and `limit` are the token
+    counts the model gave, when it gave them."""
+
+    def __init__(self, *, provider: str, model: str, status: int, sent: int | None, limit: int | None) -> None:
+        super().__init__(
+            "invalid_request",
+            "The model rejected the request as invalid (for example, the prompt is too long for it).",
+            provider=provider,
+            model=model,
+            status=status,
+            fallback=False,
+        )
+        self.sent = sent
+        self.limit = limit
+
+
+# Anthropic: "prompt is too long: 210000 tokens > 200000 maximum"; OpenAI (code
+# context_length_exceeded): "This model's maximum context length is 128000 tokens. However,
+# your messages resulted in 130000 tokens."; compatible servers word it alike.
+_TOO_LONG_WORDS = re.compile(r"prompt is too long|context.window|context length|maximum context|too many (?:input )?tokens", re.I)
+_TOO_LONG_CODES = frozenset({"context_length_exceeded", "model_context_window_exceeded", "request_too_large"})
+_ANTHROPIC_COUNTS = re.compile(r"(\d+) tokens? > (\d+)")
+_OPENAI_COUNTS = re.compile(r"maximum context length is (\d+) tokens.*?resulted in (\d+) tokens", re.I | re.S)
+
+
+def prompt_too_long(status: int, body: object, *, provider: str, model: str) -> PromptTooLong | None:
+    """A `PromptTooLong` when an error response says the prompt is too long, else None."""
+    if status not in (400, 413):
+        return None
+    error = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else body
+    error = error if isinstance(error, dict) else {}
+    message = error.get("message") if isinstance(error.get("message"), str) else ""
+    if not (status == 413 or error.get("code") in _TOO_LONG_CODES or error.get("type") in _TOO_LONG_CODES
+            or _TOO_LONG_WORDS.search(message)):
+        return None
+    sent = limit = None
+    if found := _ANTHROPIC_COUNTS.search(message):
+        sent, limit = int(found[1]), int(found[2])
+    elif found := _OPENAI_COUNTS.search(message):
+        limit, sent = int(found[1]), int(found[2])
+    return PromptTooLong(provider=provider, model=model, status=status, sent=sent, limit=limit)

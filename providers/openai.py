@@ -21,6 +21,7 @@ from providers.base import (
 )
 from providers.endpoints import Endpoint
 from providers.errors import UpstreamErrors, interrupted
+from providers.prompt import joined, last_user_index
 from providers.sse import SSEDecoder, may_hold_surrogates, repaired
 from providers.transport import create_sdk_client
 
@@ -73,8 +74,18 @@ class OpenAIModel:
         self.max_tokens_field = max_tokens_field
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        system = request.system
+        turns = [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.context:
+            # After the stable prefix, which OpenAI's automatic prompt caching matches: at the end
+            # of the last user message, as text (compatible servers do not all take content parts).
+            last_user = last_user_index(request.messages)
+            if last_user is None:
+                system = joined(system, request.context)
+            else:
+                turns[last_user]["content"] = joined(request.messages[last_user].content, request.context)
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += turns
         params: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -136,7 +147,8 @@ class _CompletionChunks:
                     if reason := choice.get("finish_reason"):
                         self.stop_reason = STOP_REASONS.get(reason, reason)
                 if counts := event.get("usage"):
-                    self.usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
+                    cached = (counts.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                    self.usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0, cached)
                 if "error" in event:
                     self.error = _stream_error(self.provider, self.requested)
                     break

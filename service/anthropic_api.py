@@ -19,7 +19,7 @@ from providers.base import Message, ModelRequest, Provider, ProviderError, Token
 from service.app_keys import SETTINGS
 from service.asking import Asked, answer
 from service.body import read_json
-from service.compat import USER_ID_MAX, Fields, chain_named, compat_system
+from service.compat import USER_ID_MAX, Fields, chain_named
 from service.errors import ApiError, error_shape
 from service.formats import anthropic_messages
 from service.formats.anthropic_messages import MessageEvents
@@ -59,7 +59,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 def _asked(request: web.Request, data: dict[str, Any]) -> tuple[Asked, MessageEvents]:
     read = read_messages_request(request, data, counting=False)
-    asked = Asked(read.provider, read.model_request, read.stream, user_id=read.user_id)
+    asked = Asked(
+        read.provider, read.model_request, read.stream, user_id=read.user_id,
+        date_context=request.app[SETTINGS].compat_date_context,
+    )
     return asked, MessageEvents(read.model)
 
 
@@ -116,7 +119,7 @@ def read_messages_request(request: web.Request, data: dict[str, Any], *, countin
     model_request = ModelRequest(
         messages=turns,
         max_tokens=max_tokens or settings.default_max_tokens,
-        system=compat_system(request, system),
+        system=system or None,
         temperature=temperature,
         stop=stop,
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -14,7 +15,8 @@ from providers.fallback import FallbackChain
 from service.anthropic_api import add_anthropic_routes
 from service.conversations import add_thread_routes
 from service.errors import add_request_id, request_middleware
-from service.app_keys import ACTIVITY, CHAIN, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, USER_LIMITER
+from service.app_keys import ACTIVITY, CHAIN, CLOCK, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, USER_LIMITER
+from service.datecontext import utc_now
 from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.playground import add_playground_routes
@@ -24,19 +26,21 @@ from service.security import access_middleware, setup_cors
 from service.settings import Settings
 from service.status import RecentActivity, add_status_routes
 from service.storage_state import storage_context
+from service.summaries import summaries_context
 from service.threads import add_thread_list_routes
 from service.ui_chat import add_ui_chat_routes
 
 log = structlog.get_logger("ai_stream")
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
     # The body limit is enforced (with a JSON 413) by the handlers; aiohttp's own cap sits just above it.
     app = web.Application(
         middlewares=[request_middleware, access_middleware(settings)],
         client_max_size=settings.max_body_bytes + 1,
     )
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     app[IN_FLIGHT] = weakref.WeakSet()
     app[ACTIVITY] = RecentActivity()
     app[METRICS] = Metrics(app[ACTIVITY])
@@ -50,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(_models)
+    app.cleanup_ctx.append(summaries_context)  # after the models: its cleanup runs before theirs
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_drain)
     add_routes(app)

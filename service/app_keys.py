@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from service.settings import Settings
     from service.status import RecentActivity
     from service.storage_state import StorageState
+    from service.summaries import Summarizer
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 REGISTRY: web.AppKey[ModelRegistry] = web.AppKey("registry")
@@ -32,6 +35,11 @@ ACTIVITY: web.AppKey[RecentActivity] = web.AppKey("activity")
 STORAGE: web.AppKey[StorageState] = web.AppKey("storage")
 # Answers being written to the store; shutdown waits for them before closing it.
 PENDING_WRITES: web.AppKey[set[asyncio.Task[bool]]] = web.AppKey("pending_writes")
+
+# What time it is (an aware datetime), for the date context; tests set their own clock.
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
+# Summaries of the turns a thread's token budget leaves out, written in the background.
+SUMMARIZER: web.AppKey[Summarizer] = web.AppKey("summarizer")
 
 # Per request: its id, and the fields of its canonical log line (filled in as handlers learn them).
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")

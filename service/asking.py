@@ -4,6 +4,7 @@ chain to ask, the end user's limits, the stored thread, then the relay."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from aiohttp import web
@@ -11,16 +12,17 @@ from aiohttp import web
 from providers.base import ModelRequest, Provider
 from providers.fallback import FallbackChain
 from service.answer import AnswerEnd, collect_answer, stream_answer
-from service.app_keys import CHAIN, IN_FLIGHT, REGISTRY, SETTINGS, STORAGE, USER_LIMITER
+from service.app_keys import CHAIN, CLOCK, IN_FLIGHT, REGISTRY, SETTINGS, STORAGE, SUMMARIZER, USER_LIMITER
 from service.body import invalid
-from service.conversations import begin_turn, follow_chat, store_answer
-from service.datecontext import with_date_context
+from service.conversations import begin_turn, follow_chat, owner_of, store_answer
+from service.datecontext import date_context
 from service.errors import ApiError, request_log
 from service.formats import WireFormat
-from service.history import as_turn, fit_history
+from service.history import Budget, as_turn
 from service.limits import end_user_of
-from service.outcome import Outcome
-from storage import ClientMessage
+from service.outcome import Outcome, Receipt
+from service.prompting import RetryShorter, ThreadPrompt, cache_marker
+from storage import ClientMessage, Cut
 
 NO_MODELS = (
     "No model is configured with credentials: set ANTHROPIC_API_KEY, OPENAI_API_KEY or "
@@ -41,6 +43,9 @@ class Asked:
     # The client's whole conversation, which the stored thread follows (/ai/ui/chat); without
     # it, `model_request.messages` is the new turn, stored after the thread's history.
     conversation: tuple[ClientMessage, ...] | None = None
+    timezone: str | None = None  # for the date context; None: AI_DEFAULT_TIMEZONE
+    cut: Cut | None = None  # regenerate or edit: where the stored thread is cut first
+    date_context: bool = True  # False: the route's setting leaves the date out (see AI_COMPAT_DATE_CONTEXT)
 
 
 def chain_for(request: web.Request, model: str | None) -> FallbackChain:
@@ -64,11 +69,15 @@ def chain_for(request: web.Request, model: str | None) -> FallbackChain:
     raise ApiError(503, "no_models_available", "No model from the requested one on is configured with credentials.")
 
 
-def system_prompt(request: web.Request, system: str | None, zone: str | None) -> str | None:
+def history_budget(request: web.Request, provider: Provider) -> Budget:
+    """The budget of a thread's prompt: the token budget of the model the chain starts at (its
+    own `history_token_budget`, else AI_HISTORY_TOKEN_BUDGET), and the character bound."""
     settings = request.app[SETTINGS]
-    if not settings.date_context:
-        return system or None
-    return with_date_context(system or None, zone or settings.default_timezone)
+    tokens = settings.history_token_budget
+    models = getattr(provider, "models", ())
+    if models and (info := request.app[REGISTRY].info_for(models[0].name)) is not None:
+        tokens = info.options.history_token_budget or tokens
+    return Budget(settings.history_max_chars, tokens)
 
 
 async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.StreamResponse:
@@ -82,27 +91,38 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
         user_limiter.admit(end_user)
     with user_limiter.stream(end_user) if end_user is not None else _NO_SLOT:
         model_request = asked.model_request
+        if settings.date_context and asked.date_context:
+            # After the stable prefix (see providers/prompt.py), so that it never breaks a prompt cache.
+            now = request.app[CLOCK]()
+            model_request = replace(model_request, context=date_context(asked.timezone or settings.default_timezone, now))
+        provider = asked.provider
         outcome = Outcome()
         store = None
         turn = None
         if asked.thread_id is not None:
             request_log(request)["thread_id"] = asked.thread_id
             if asked.conversation is None:
-                turn = await begin_turn(request, asked.thread_id, asked.user_id, model_request.messages)
-                new_turn = model_request.messages
+                turn = await begin_turn(request, asked.thread_id, asked.user_id, model_request.messages, cut=asked.cut)
             else:
                 turn = await follow_chat(request, asked.thread_id, asked.user_id, asked.conversation)
-                new_turn = as_turn(asked.conversation[len(asked.conversation) - len(turn.user_message_ids) :])
-            messages = fit_history(turn.history, new_turn, model_request.system, settings.history_max_chars)
-            model_request = replace(model_request, messages=messages)
-            store = store_answer(request, asked.thread_id, turn.assistant_message_id, started + settings.request_timeout)
+                new = asked.conversation[len(asked.conversation) - len(turn.user_message_ids) :]
+                model_request = replace(model_request, messages=as_turn(new))
+            prompt = ThreadPrompt(turn, model_request, history_budget(request, provider), settings.prompt_cache)
+            model_request, provider = prompt.request, RetryShorter(provider, prompt)
+            store = _and_summarize(
+                request, asked, prompt,
+                store_answer(request, asked.thread_id, turn.assistant_message_id, started + settings.request_timeout,
+                             shape=lambda: prompt.shape),
+            )
             # Its text is saved as it grows, so that a crash of this process loses little of it.
             request.app[STORAGE].partials.track(turn.assistant_message_id, outcome.text)
+        else:
+            model_request = replace(model_request, cache=cache_marker(settings.prompt_cache, model_request))
         end = AnswerEnd(request, store)
         if asked.stream:
             return await stream_answer(
                 request,
-                asked.provider,
+                provider,
                 model_request,
                 wire,
                 end,
@@ -113,7 +133,7 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
                 message_id=turn.assistant_message_id if turn is not None else None,
             )
         return await collect_answer(
-            asked.provider,
+            provider,
             model_request,
             wire,
             end,
@@ -121,6 +141,27 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
             in_flight=request.app[IN_FLIGHT],
             outcome=outcome,
         )
+
+
+def _and_summarize(
+    request: web.Request, asked: Asked, prompt: ThreadPrompt, store: Callable[[Outcome], Awaitable[Receipt]]
+) -> Callable[[Outcome], Awaitable[Receipt]]:
+    """`store`, then (for a complete answer whose prompt left turns out) a summary of them in
+    the background: never on the path of the stream."""
+    summarizer = request.app.get(SUMMARIZER)
+    if summarizer is None or not summarizer.enabled:
+        return store
+    owner = owner_of(request, asked.user_id)
+    thread_id = asked.thread_id
+    assert thread_id is not None
+
+    async def store_then_summarize(outcome: Outcome) -> Receipt:
+        receipt = await store(outcome)
+        if outcome.status == "complete" and prompt.replay.left_out:
+            summarizer.schedule(thread_id, owner, prompt.turn.summary, prompt.replay.left_out)
+        return receipt
+
+    return store_then_summarize
 
 
 class _NoSlot:

@@ -13,10 +13,9 @@ from typing import Any
 from aiohttp import web
 
 from providers.base import Provider
-from service.app_keys import REGISTRY, SETTINGS
+from service.app_keys import REGISTRY
 from service.asking import chain_for
 from service.body import invalid
-from service.datecontext import with_date_context
 from service.errors import ApiError
 
 # `model` names that run the whole chain, from its primary.
@@ -145,12 +144,3 @@ def chain_named(request: web.Request, model: str) -> Provider:
         names = ", ".join([CHAIN_ALIASES[0], *(info.name for info in registry.info)])
         raise ApiError(404, "model_not_found", f"The model {model[:100]!r} is not served here; choose one of: {names}.")
     return chain_for(request, model)
-
-
-def compat_system(request: web.Request, system: str | None) -> str | None:
-    """The caller's system prompt, with the date context unless AI_DATE_CONTEXT or
-    AI_COMPAT_DATE_CONTEXT turns it off."""
-    settings = request.app[SETTINGS]
-    if settings.date_context and settings.compat_date_context:
-        return with_date_context(system or None, settings.default_timezone)
-    return system or None

@@ -6,28 +6,35 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
-from providers.base import Message
+from providers.base import Message, Usage
 from service.errors import ApiError
 from service.app_keys import METRICS, SETTINGS, STORAGE, THREAD_OWNER
+from service.formats.typed_sse import usage_fields
 from service.outcome import Outcome, Receipt
 from service.schemas import THREAD_ID_PATTERN
 from service.storage_state import DeferredAnswer, StorageState, track
 from storage import (
     ClientMessage,
+    Cut,
     Owner,
     StorageError,
     StorageUnavailable,
     Store,
     StoredMessage,
+    Summary,
     ThreadNotFound,
     Turn,
+    UnknownMessage,
     new_message_id,
 )
+
+if TYPE_CHECKING:
+    from service.prompting import PromptShape
 
 log = structlog.get_logger("ai_stream")
 
@@ -41,15 +48,20 @@ def owner_of(request: web.Request, user_id: str | None) -> Owner:
     return Owner(key_name=request.get(THREAD_OWNER, ""), user_id=user_id)
 
 
-async def begin_turn(request: web.Request, thread_id: str, user_id: str | None, messages: tuple[Message, ...]) -> Turn:
-    """Store the new turn before anything is sent upstream; fail loudly rather than forget it."""
+async def begin_turn(
+    request: web.Request, thread_id: str, user_id: str | None, messages: tuple[Message, ...], *, cut: Cut | None = None
+) -> Turn:
+    """Store the new turn before anything is sent upstream; fail loudly rather than forget it.
+    With a `cut` (regenerate, edit), the thread is cut first, in the same transaction."""
     turn_of = [(m.role, m.content) for m in messages]
     history_limit = request.app[SETTINGS].history_limit
+    extra = {"cut": cut} if cut is not None else {}
     return await _reserve(
         request, thread_id, user_id, "begin_turn",
         lambda store, owner, assistant_id, writer: store.begin_turn(
-            thread_id, owner, turn_of, history_limit, assistant_message_id=assistant_id, writer=writer
+            thread_id, owner, turn_of, history_limit, assistant_message_id=assistant_id, writer=writer, **extra
         ),
+        cut=cut,
     )
 
 
@@ -73,6 +85,8 @@ async def _reserve(
     user_id: str | None,
     operation: str,
     write: Callable[[Store, Owner, str, str | None], Coroutine[Any, Any, Turn]],
+    *,
+    cut: Cut | None = None,
 ) -> Turn:
     """Run `write` (a turn's one transaction) with the answer's row reserved under an id chosen
     here, so that whatever the store says (or fails to say: a commit whose outcome is unknown),
@@ -91,6 +105,10 @@ async def _reserve(
             raise
     except ThreadNotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None
+    except UnknownMessage as exc:  # nothing was stored: the transaction rolled back
+        field = "edit_from" if cut is not None and cut.message_id is not None else "regenerate"
+        raise ApiError(400, "validation_error", f"Invalid request: {field}: {exc}.",
+                       details=[{"field": field, "message": f"{field}: {exc}"}]) from None
     except ValueError:
         raise  # a bad argument: a bug, reported as one
     except Exception as exc:  # StorageError, or a driver fault the store did not foresee
@@ -115,7 +133,7 @@ def _close_abandoned(state: StorageState, thread_id: str, assistant_id: str, sto
         return
     if storing.exception() is None:
         fields = {**_never_answered(), "status": "interrupted"}
-    elif isinstance(storing.exception(), ThreadNotFound | ValueError):
+    elif isinstance(storing.exception(), ThreadNotFound | ValueError | UnknownMessage):
         return  # nothing was stored
     else:
         fields = _never_answered()  # the outcome of the commit is unknown: close it if it exists
@@ -124,10 +142,15 @@ def _close_abandoned(state: StorageState, thread_id: str, assistant_id: str, sto
 
 
 def store_answer(
-    request: web.Request, thread_id: str, message_id: str, deadline: float
+    request: web.Request,
+    thread_id: str,
+    message_id: str,
+    deadline: float,
+    shape: Callable[[], PromptShape] | None = None,
 ) -> Callable[[Outcome], Awaitable[Receipt]]:
     """How a thread's answer is stored when it ends: retrying with back-off until `deadline`
-    (a monotonic time); the receipt goes into the `done` event."""
+    (a monotonic time); the receipt goes into the `done` event. `shape` tells what the prompt
+    that produced the answer held (read when it ends: a retry may have changed it)."""
     app = request.app
     state = app[STORAGE]
 
@@ -142,6 +165,14 @@ def store_answer(
             "input_tokens": finish.usage.input_tokens if finish else None,
             "output_tokens": finish.usage.output_tokens if finish else None,
         }
+        if finish is not None:
+            fields.update(
+                cache_read_input_tokens=finish.usage.cache_read_input_tokens,
+                cache_creation_input_tokens=finish.usage.cache_creation_input_tokens,
+            )
+            if shape is not None:
+                prompt = shape()
+                fields.update(replay_from_seq=prompt.replay_from_seq, summary_through_seq=prompt.summary_through_seq)
         state.partials.forget(message_id)
         delay = 0.05
         while True:
@@ -205,6 +236,17 @@ def _query_limit(request: web.Request) -> int:
     return int(raw)
 
 
+def summary_json(summary: Summary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "from_message_id": summary.from_message_id,
+        "through_message_id": summary.through_message_id,
+        "model": summary.model,
+        "created_at": summary.created_at.isoformat().replace("+00:00", "Z") if summary.created_at else None,
+    }
+
+
 def message_json(message: StoredMessage) -> dict[str, Any]:
     return {
         "id": message.id,
@@ -216,7 +258,8 @@ def message_json(message: StoredMessage) -> dict[str, Any]:
         "status": message.status,
         "usage": None
         if message.input_tokens is None
-        else {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens},
+        else usage_fields(Usage(message.input_tokens, message.output_tokens or 0, message.cache_read_input_tokens or 0,
+                                message.cache_creation_input_tokens or 0)),
         "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
     }
 
@@ -234,6 +277,7 @@ async def list_messages(request: web.Request) -> web.Response:
         await state.ensure_open()
         # One more than asked tells whether older messages remain.
         page = await state.store.list_messages(thread_id, owner, limit=limit + 1, before=before)
+        summary = await state.store.summary_of(thread_id, owner)
     except ThreadNotFound:
         raise ApiError(404, "not_found", NOT_FOUND) from None
     except ValueError:
@@ -250,6 +294,9 @@ async def list_messages(request: web.Request) -> web.Response:
             "messages": [message_json(m) for m in messages],
             "has_more": has_more,
             "next_before": messages[0].id if has_more and messages else None,
+            # Which messages the thread's summary covers (they are still listed here, but are
+            # replayed to the model as that summary); null without one.
+            "summary": summary_json(summary),
         }
     )
 

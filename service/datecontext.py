@@ -34,7 +34,5 @@ def date_context(zone_name: str, now: datetime | None = None) -> str:
     )
 
 
-def with_date_context(system: str | None, zone_name: str, now: datetime | None = None) -> str:
-    """The caller's system prompt first (it stays a stable, cacheable prefix), then the date."""
-    context = date_context(zone_name, now)
-    return f"{system}\n\n{context}" if system else context
+def utc_now() -> datetime:
+    return datetime.now(tz=zoneinfo.ZoneInfo("UTC"))

@@ -55,7 +55,12 @@ class Metrics:
             "ai_stream_answer_duration_seconds", "Time from request to the last event, by model.", ["model"],
             buckets=_DURATION_BUCKETS, registry=r,
         )
-        self.tokens = Counter("ai_stream_tokens", "Tokens by model and direction (input, output).", ["model", "direction"], registry=r)
+        self.tokens = Counter(
+            "ai_stream_tokens",
+            "Tokens by model and direction: input (every prompt token), output, and the parts of input "
+            "read from (cache_read) and written to (cache_write) the model's prompt cache.",
+            ["model", "direction"], registry=r,
+        )
         self.fallbacks = Counter(
             "ai_stream_fallbacks", "Moves from one model to the next (or a retry of the same).", ["from_model", "to_model"], registry=r
         )
@@ -68,6 +73,9 @@ class Metrics:
         self.circuit = Gauge(
             "ai_stream_model_circuit_state", "Circuit state per model: 0 closed, 1 half open, 2 open (worst worker).",
             ["model"], registry=r, multiprocess_mode="livemax",
+        )
+        self.summaries = Counter(
+            "ai_stream_summaries", "Thread summaries by outcome: written, already_written or error.", ["outcome"], registry=r
         )
         self.storage_write_failures = Counter(
             "ai_stream_storage_write_failures", "Answers that could not be stored after retries.", registry=r
@@ -84,6 +92,10 @@ class Metrics:
             self.duration.labels(model).observe(seconds)
             self.tokens.labels(model, "input").inc(finish.usage.input_tokens)
             self.tokens.labels(model, "output").inc(finish.usage.output_tokens)
+            if finish.usage.cache_read_input_tokens:
+                self.tokens.labels(model, "cache_read").inc(finish.usage.cache_read_input_tokens)
+            if finish.usage.cache_creation_input_tokens:
+                self.tokens.labels(model, "cache_write").inc(finish.usage.cache_creation_input_tokens)
         elif outcome.client_gone:
             self.streams.labels("client_gone", "").inc()
         else:

@@ -17,7 +17,7 @@ from providers.base import Message, ModelRequest
 from service.app_keys import REGISTRY, SETTINGS
 from service.asking import Asked, answer
 from service.body import read_json
-from service.compat import CHAIN_ALIASES, USER_ID_MAX, Fields, chain_named, compat_system
+from service.compat import CHAIN_ALIASES, USER_ID_MAX, Fields, chain_named
 from service.errors import error_shape
 from service.formats import openai_chat
 from service.formats.openai_chat import ChatCompletionChunks
@@ -70,12 +70,12 @@ def _completion_request(request: web.Request, data: dict[str, Any]) -> tuple[Ask
     model_request = ModelRequest(
         messages=messages,
         max_tokens=max_tokens or settings.default_max_tokens,
-        system=compat_system(request, "\n\n".join(system_parts)),
+        system="\n\n".join(system_parts) or None,
         temperature=temperature,
         stop=stop,
     )
     wire = ChatCompletionChunks(model, include_usage=include_usage)
-    return Asked(provider, model_request, stream, user_id=user or None), wire
+    return Asked(provider, model_request, stream, user_id=user or None, date_context=settings.compat_date_context), wire
 
 
 def _include_usage(fields: Fields, options: Any) -> bool:

@@ -11,7 +11,7 @@ from aiohttp import web
 from providers.base import Message, ModelRequest
 from service import __version__
 from service.app_keys import CHAIN, IN_FLIGHT, METRICS, REGISTRY, SETTINGS, STORAGE
-from service.asking import Asked, answer, chain_for, system_prompt
+from service.asking import Asked, answer, chain_for
 from service.body import invalid, read_json, validate
 from service.errors import ApiError
 from service.formats.typed_sse import TypedEvents
@@ -19,6 +19,7 @@ from service.limits import check_input
 from service.metrics import metrics_response
 from service.schemas import ChatBody, GenerateBody
 from service.security import opens_answer
+from storage import Cut
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
@@ -40,10 +41,10 @@ def _generate_request(request: web.Request, data: dict[str, Any]) -> Asked:
     model_request = ModelRequest(
         messages=(Message("user", body.prompt),),
         max_tokens=body.max_tokens or settings.default_max_tokens,
-        system=system_prompt(request, body.system_prompt, body.timezone),
+        system=body.system_prompt or None,
         temperature=body.temperature,
     )
-    return Asked(chain_for(request, body.model), model_request, body.stream)
+    return Asked(chain_for(request, body.model), model_request, body.stream, timezone=body.timezone)
 
 
 @opens_answer
@@ -55,21 +56,46 @@ async def chat(request: web.Request) -> web.StreamResponse:
 def _chat_request(request: web.Request, data: dict[str, Any]) -> Asked:
     settings = request.app[SETTINGS]
     body = validate(ChatBody, data, settings)
-    check_input(settings, len(body.messages), sum(len(m.content) for m in body.messages) + len(body.system or ""))
+    if not body.messages and not body.regenerate:
+        message = "messages is required" if body.messages is None else "messages must not be empty"
+        raise invalid([{"field": "messages", "message": message}])
+    body_messages = body.messages or []
+    check_input(settings, len(body_messages), sum(len(m.content) for m in body_messages) + len(body.system or ""))
     provider = chain_for(request, body.model)
     # `system` messages are folded into the system prompt, in order, after the `system` field.
     system_parts = [body.system] if body.system else []
-    system_parts += [m.content for m in body.messages if m.role == "system"]
-    messages = tuple(Message(m.role, m.content) for m in body.messages if m.role != "system")
-    if not messages:
+    system_parts += [m.content for m in body_messages if m.role == "system"]
+    messages = tuple(Message(m.role, m.content) for m in body_messages if m.role != "system")
+    cut = _cut(body, messages)
+    if not messages and not body.regenerate:
         raise invalid([{"field": "messages", "message": "messages must hold at least one user or assistant message"}])
     model_request = ModelRequest(
         messages=messages,
         max_tokens=body.max_tokens or settings.default_max_tokens,
-        system=system_prompt(request, "\n\n".join(system_parts), body.timezone),
+        system="\n\n".join(system_parts) or None,
         temperature=body.temperature,
     )
-    return Asked(provider, model_request, body.stream, body.thread_id, body.user_id)
+    return Asked(provider, model_request, body.stream, body.thread_id, body.user_id, timezone=body.timezone, cut=cut)
+
+
+def _cut(body: ChatBody, messages: tuple[Message, ...]) -> Cut | None:
+    """Regenerate (a new answer to the thread's last question) or edit (the thread cut at a
+    user message, which the new turn replaces): both need a thread, and not both at once."""
+    if not body.regenerate and body.edit_from is None:
+        return None
+    field = "regenerate" if body.regenerate else "edit_from"
+    if body.thread_id is None:
+        raise invalid([{"field": field, "message": f"{field} needs a thread_id"}])
+    if body.regenerate and body.edit_from is not None:
+        raise invalid([{"field": "edit_from", "message": "edit_from and regenerate cannot be combined"}])
+    if body.regenerate:
+        if messages:
+            raise invalid([{"field": "messages", "message": "with regenerate, messages may hold only system messages: "
+                            "the thread's last question is answered again"}])
+        return Cut(None, keep=True)
+    if not messages or messages[0].role != "user":
+        raise invalid([{"field": "messages", "message": "with edit_from, messages must start with the user message that replaces it"}])
+    return Cut(body.edit_from, keep=False)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ THREAD_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 ThreadId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+MessageId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 # No NUL: PostgreSQL text cannot hold it.
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
 
@@ -47,10 +48,15 @@ class ChatMessage(BaseModel):
 
 
 class ChatBody(_Body):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    # Required, and not empty, except with `regenerate` (checked by the handler).
+    messages: list[ChatMessage] | None = None
     system: str | None = None
     thread_id: ThreadId | None = None
     user_id: UserId | None = None
+    # With a thread: answer its last question again, replacing the last answer...
+    regenerate: StrictBool = False
+    # ...or cut the stored thread at this user message, which the request's new turn replaces.
+    edit_from: MessageId | None = None
 
 
 # Plain words for pydantic's error types, keyed by type; the field path is added in front.
@@ -80,7 +86,7 @@ def describe_errors(exc: ValidationError) -> list[dict[str, Any]]:
         field = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
         template = _MESSAGES.get(error["type"])
         ctx = error.get("ctx") or {}
-        if error["type"] in ("string_pattern_mismatch", "string_too_long") and field.endswith("thread_id"):
+        if error["type"] in ("string_pattern_mismatch", "string_too_long") and field.endswith(("thread_id", "edit_from")):
             message = "must be 1-128 letters, digits, '-' or '_'"
         elif error["type"] == "string_pattern_mismatch" and field.endswith("user_id"):
             message = "must not contain NUL characters"

@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     history_limit: int = Field(50, ge=0, le=1000, validation_alias=AliasChoices("AI_HISTORY_LIMIT", "history_limit"))
     # Characters of stored history replayed with a new turn (the turn itself included).
     history_max_chars: int = Field(400_000, ge=1000, validation_alias=AliasChoices("AI_HISTORY_MAX_CHARS", "history_max_chars"))
+    # Tokens of a thread's prompt (system prompt, replayed history, new turn); a model's own
+    # `history_token_budget` wins for requests that start at it. None: characters only.
+    history_token_budget: int | None = Field(
+        None, ge=100, validation_alias=AliasChoices("AI_HISTORY_TOKEN_BUDGET", "history_token_budget")
+    )
+    # The model that summarizes the turns the budget leaves out (one of the configured models); None: off.
+    summary_model: str | None = Field(None, min_length=1, validation_alias=AliasChoices("AI_SUMMARY_MODEL", "summary_model"))
+    # Claude's prompt cache: `auto` marks the stable prefix (5 minutes), `1h` the same for an hour, `off` never.
+    prompt_cache: Literal["auto", "off", "1h"] = Field("auto", validation_alias=AliasChoices("AI_PROMPT_CACHE", "prompt_cache"))
     # A process that has not heart-beaten (every AI_STORAGE_CHECK_INTERVAL) for this long is taken
     # for dead, and the answers it left `pending` are closed as `interrupted`.
     writer_stale_after: float = Field(30.0, ge=1, validation_alias=AliasChoices("AI_WRITER_STALE_AFTER", "writer_stale_after"))
@@ -172,7 +181,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a known IANA time zone") from None
         return value
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "prompt_cache", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -226,6 +235,11 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError("invalid setting AI_WORKERS: several workers need a fixed PORT, not 0")
     if settings.default_max_tokens > settings.max_tokens_limit:
         raise ConfigError("invalid setting AI_DEFAULT_MAX_TOKENS: must not exceed AI_MAX_TOKENS_LIMIT")
+    if settings.summary_model is not None:
+        info = settings.catalog.resolve(settings.summary_model)
+        if info is None:
+            configured = ", ".join(settings.catalog.names())
+            raise ConfigError(f"invalid setting AI_SUMMARY_MODEL: {settings.summary_model[:100]!r} is not a configured model; choose one of: {configured}")
     return settings
 
 

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from providers.base import ModelRequest
 from service.app_keys import SETTINGS, STORAGE
-from service.asking import Asked, answer, chain_for, system_prompt
+from service.asking import Asked, answer, chain_for
 from service.body import invalid, read_json, validate
 from service.conversations import NOT_FOUND, UNAVAILABLE, owner_of
 from service.errors import ApiError
@@ -93,7 +93,7 @@ def _ui_chat_request(request: web.Request, data: dict[str, Any]) -> Asked:
     model_request = ModelRequest(
         messages=as_turn(conversation),
         max_tokens=body.max_tokens or settings.default_max_tokens,
-        system=system_prompt(request, "\n\n".join(system_parts), body.timezone),
+        system="\n\n".join(system_parts) or None,
         temperature=body.temperature,
     )
     return Asked(
@@ -102,6 +102,7 @@ def _ui_chat_request(request: web.Request, data: dict[str, Any]) -> Asked:
         thread_id=body.id if body.store else None,
         user_id=body.user_id,
         conversation=conversation if body.store else None,
+        timezone=body.timezone,
     )
 
 

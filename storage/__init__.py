@@ -11,30 +11,36 @@ from urllib.parse import unquote, urlsplit
 
 from .base import (
     ClientMessage,
+    Cut,
     Owner,
     StorageError,
     StorageUnavailable,
     Store,
     StoredMessage,
+    Summary,
     ThreadNotFound,
     ThreadPosition,
     ThreadSummary,
     Turn,
+    UnknownMessage,
     new_message_id,
 )
 
 __all__ = [
     "ClientMessage",
+    "Cut",
     "DEFAULT_SQLITE_PATH",
     "Owner",
     "StorageError",
     "StorageUnavailable",
     "Store",
     "StoredMessage",
+    "Summary",
     "ThreadNotFound",
     "ThreadPosition",
     "ThreadSummary",
     "Turn",
+    "UnknownMessage",
     "create_store",
     "new_message_id",
 ]

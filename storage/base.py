@@ -26,6 +26,11 @@ class ThreadNotFound(StorageError):
     """No such thread for this owner; also raised when another owner holds the thread."""
 
 
+class UnknownMessage(LookupError):
+    """A cut names a message the thread does not have (or one of the wrong role): the caller's
+    mistake, not a storage failure. The message says which, without the thread's id."""
+
+
 ROLES = frozenset({"user", "assistant"})
 PENDING = "pending"
 COMPLETE = "complete"
@@ -59,6 +64,12 @@ class StoredMessage:
     output_tokens: int | None
     created_at: datetime  # timezone-aware UTC
     client_message_id: str | None = None  # the client's id for it (/ai/ui/chat), if it gave one
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    # The prompt that produced an answer: the seq of its first replayed message (None: none
+    # replayed, or not recorded) and of the last message its summary note covered (None: none).
+    replay_from_seq: int | None = None
+    summary_through_seq: int | None = None
 
     @property
     def chat_id(self) -> str:
@@ -92,12 +103,44 @@ class ThreadPosition:
 
 
 @dataclass(frozen=True, slots=True)
+class Summary:
+    """A summary of a thread's messages from `from_seq` through `through_seq` (cumulative: it
+    includes the summary before it)."""
+
+    thread_id: str
+    from_seq: int
+    through_seq: int
+    from_message_id: str
+    through_message_id: str
+    content: str
+    model: str | None = None
+    provider: str | None = None
+    created_at: datetime | None = None  # set by the store
+
+
+SUMMARY_COLUMNS = ", ".join(field.name for field in fields(Summary))
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Where a turn cuts its thread before it is stored: `message_id` None means the thread's
+    last user message. `keep`: keep that message and remove what follows it (regenerate the
+    answer); else remove it too, and what follows (it is replaced: edit). Summaries that cover
+    a removed message go with it."""
+
+    message_id: str | None = None
+    keep: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """What `begin_turn` stored: the replay history and the ids of the new rows."""
 
     history: list[StoredMessage]  # before this turn's messages, oldest first
     user_message_ids: list[str]
     assistant_message_id: str  # the reserved "pending" row, finished when the stream ends
+    summary: Summary | None = None  # the thread's newest summary, when it has one
+    removed: int = 0  # messages the turn's cut removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +176,26 @@ class Store(Protocol):
         *,
         assistant_message_id: str | None = None,
         writer: str | None = None,
+        cut: Cut | None = None,
     ) -> Turn:
-        """In one transaction: create the thread if missing (else check its owner), read the
-        history, append `messages` as "complete" and reserve a pending assistant row (with the
-        given id, when the caller chose it, and marked as written by `writer`)."""
+        """In one transaction: create the thread if missing (else check its owner), apply the
+        `cut` if any (the thread must exist then: ThreadNotFound; a message it does not have:
+        UnknownMessage), read the history and the newest summary, append `messages` as
+        "complete" and reserve a pending assistant row (with the given id, when the caller
+        chose it, and marked as written by `writer`)."""
+        ...
+
+    async def cut_thread(self, thread_id: str, owner: Owner, cut: Cut) -> int:
+        """Apply `cut` on its own (see `Cut`); returns how many messages were removed."""
+        ...
+
+    async def summary_of(self, thread_id: str, owner: Owner) -> Summary | None:
+        """The thread's newest summary (ThreadNotFound for another owner's thread)."""
+        ...
+
+    async def save_summary(self, thread_id: str, owner: Owner, summary: Summary) -> bool:
+        """Store a summary of the thread, once per covered range; False if the thread is gone
+        (or another owner's) or the range already has one."""
         ...
 
     async def save_partial(self, answers: Sequence[tuple[str, str]]) -> None:
@@ -188,6 +247,10 @@ class Store(Protocol):
         stop_reason: str | None,
         input_tokens: int | None,
         output_tokens: int | None,
+        cache_read_input_tokens: int | None = None,
+        cache_creation_input_tokens: int | None = None,
+        replay_from_seq: int | None = None,
+        summary_through_seq: int | None = None,
     ) -> bool:
         """Finish a pending assistant row; False if it no longer exists or is not pending
         (e.g. the thread was deleted while the answer streamed)."""
@@ -349,6 +412,19 @@ def chat_rows(
     ]
     rows.append((assistant_id, thread_id, last_seq + len(rows) + 1, "assistant", "", PENDING, writer, None))
     return rows
+
+
+def first_removed_seq(cut: Cut, found: tuple[int, str] | None) -> int:
+    """The first seq `cut` removes, given the (seq, role) of the message it names (for
+    `message_id` None: of the thread's last user message), or None when there is none."""
+    if found is None:
+        if cut.message_id is None:
+            raise UnknownMessage("the thread has no user message to answer again")
+        raise UnknownMessage("the message is not in this thread")
+    seq, role = found
+    if not cut.keep and role != "user":
+        raise UnknownMessage("the message is not a user message of this thread")
+    return seq + 1 if cut.keep else seq
 
 
 def check_finish_status(status: str) -> None:

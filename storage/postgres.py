@@ -22,10 +22,13 @@ from .base import (
     LEGACY_PENDING_AFTER,
     MESSAGE_COLUMNS,
     ClientMessage,
+    SUMMARY_COLUMNS,
+    Cut,
     Owner,
     StorageError,
     StorageUnavailable,
     StoredMessage,
+    Summary,
     ThreadNotFound,
     ThreadPosition,
     ThreadSummary,
@@ -38,6 +41,7 @@ from .base import (
     client_thread_id,
     clean_text,
     kept_start,
+    first_removed_seq,
     new_message_id,
     scoped_thread_id,
     thread_title,
@@ -99,8 +103,18 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
 FINISH_MESSAGE = """
 UPDATE messages
 SET content = $2, status = $3, model = $4, provider = $5, stop_reason = $6,
-    input_tokens = $7, output_tokens = $8
+    input_tokens = $7, output_tokens = $8, cache_read_input_tokens = $9, cache_creation_input_tokens = $10,
+    replay_from_seq = $11, summary_through_seq = $12
 WHERE id = $1 AND role = 'assistant' AND status = 'pending'"""
+# Cuts (regenerate, edit): the message a cut names, or the thread's last user message.
+SELECT_CUT_MESSAGE = "SELECT seq, role FROM messages WHERE id = $1 AND thread_id = $2"
+SELECT_LAST_USER_MESSAGE = "SELECT seq, role FROM messages WHERE thread_id = $1 AND role = 'user' ORDER BY seq DESC LIMIT 1"
+DELETE_MESSAGES_FROM = "DELETE FROM messages WHERE thread_id = $1 AND seq >= $2"
+DELETE_SUMMARIES_FROM = "DELETE FROM summaries WHERE thread_id = $1 AND through_seq >= $2"
+SELECT_LATEST_SUMMARY = f"SELECT {SUMMARY_COLUMNS} FROM summaries WHERE thread_id = $1 ORDER BY through_seq DESC LIMIT 1"
+INSERT_SUMMARY = f"""
+INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+ON CONFLICT (thread_id, through_seq) DO NOTHING"""
 SELECT_MESSAGE_SEQ = "SELECT seq FROM messages WHERE id = $1 AND thread_id = $2"
 # $3 is the seq of the `before` message, or NULL for the newest page.
 SELECT_PAGE = f"""
@@ -163,10 +177,16 @@ def _to_message(row: asyncpg.Record) -> StoredMessage:
     return StoredMessage(**fields)
 
 
-def _to_summary(row: asyncpg.Record) -> ThreadSummary:
+def _to_thread_summary(row: asyncpg.Record) -> ThreadSummary:
     fields = dict(row.items())
     fields["id"] = client_thread_id(fields["id"])
     return ThreadSummary(**fields)
+
+
+def _to_summary(row: asyncpg.Record) -> Summary:
+    fields = dict(row.items())
+    fields["thread_id"] = client_thread_id(fields["thread_id"])
+    return Summary(**fields)
 
 
 def _affected_rows(status: str) -> int:
@@ -279,17 +299,23 @@ class PostgresStore:
         *,
         assistant_message_id: str | None = None,
         writer: str | None = None,
+        cut: Cut | None = None,
     ) -> Turn:
         check_limit("history_limit", history_limit)
         thread_id = scoped_thread_id(owner, thread_id)
         new_messages = check_new_messages(messages)
         user_ids = [new_message_id() for _ in new_messages]
         assistant_id = assistant_message_id or new_message_id()
+        removed = 0
         async with self._connection() as conn, conn.transaction():
             thread = None
+            if cut is not None:  # a cut needs the thread: it is not created
+                thread = await conn.fetchrow(LOCK_THREAD, thread_id)
+                if thread is None:
+                    raise ThreadNotFound(thread_id)
             # The row may vanish between insert and lock if the thread is deleted right then;
             # inserting again makes a fresh thread, as a request a moment later would.
-            for _ in range(3):
+            for _ in range(3 if thread is None else 0):
                 await conn.execute(INSERT_THREAD, thread_id, owner.key_name, owner.user_id)
                 thread = await conn.fetchrow(LOCK_THREAD, thread_id)
                 if thread is not None:
@@ -298,14 +324,57 @@ class PostgresStore:
                 raise StorageError("thread was deleted repeatedly while being written")
             if not owner.matches(thread["key_name"], thread["user_id"]):
                 raise ThreadNotFound(thread_id)
+            if cut is not None:
+                removed = await self._cut(conn, thread_id, cut)
             await conn.execute(TOUCH_THREAD, thread_id, thread_title(new_messages))
             # Holding the row lock: no other turn on this thread reads or writes until commit.
             rows = await conn.fetch(SELECT_HISTORY, thread_id, history_limit)
             history = [_to_message(row) for row in rows]
+            summary_row = await conn.fetchrow(SELECT_LATEST_SUMMARY, thread_id)
             last_seq = await conn.fetchval(SELECT_LAST_SEQ, thread_id)
             new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id, writer)
             await conn.executemany(INSERT_MESSAGE, new_rows)
-        return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
+        summary = _to_summary(summary_row) if summary_row is not None else None
+        return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id, summary=summary, removed=removed)
+
+    @staticmethod
+    async def _cut(conn: asyncpg.Connection, thread_id: str, cut: Cut) -> int:
+        if cut.message_id is None:
+            found = await conn.fetchrow(SELECT_LAST_USER_MESSAGE, thread_id)
+        else:
+            found = await conn.fetchrow(SELECT_CUT_MESSAGE, cut.message_id, thread_id)
+        first = first_removed_seq(cut, (found["seq"], found["role"]) if found is not None else None)
+        await conn.execute(DELETE_SUMMARIES_FROM, thread_id, first)
+        return _affected_rows(await conn.execute(DELETE_MESSAGES_FROM, thread_id, first))
+
+    async def cut_thread(self, thread_id: str, owner: Owner, cut: Cut) -> int:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._connection() as conn, conn.transaction():
+            thread = await conn.fetchrow(LOCK_THREAD, thread_id)
+            if thread is None or not owner.matches(thread["key_name"], thread["user_id"]):
+                raise ThreadNotFound(thread_id)
+            return await self._cut(conn, thread_id, cut)
+
+    async def summary_of(self, thread_id: str, owner: Owner) -> Summary | None:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._connection() as conn:
+            thread = await conn.fetchrow(SELECT_THREAD_OWNER, thread_id)
+            if thread is None or not owner.matches(thread["key_name"], thread["user_id"]):
+                raise ThreadNotFound(thread_id)
+            row = await conn.fetchrow(SELECT_LATEST_SUMMARY, thread_id)
+        return _to_summary(row) if row is not None else None
+
+    async def save_summary(self, thread_id: str, owner: Owner, summary: Summary) -> bool:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._connection() as conn, conn.transaction():
+            thread = await conn.fetchrow(LOCK_THREAD, thread_id)
+            if thread is None or not owner.matches(thread["key_name"], thread["user_id"]):
+                return False
+            result = await conn.execute(
+                INSERT_SUMMARY, thread_id, summary.from_seq, summary.through_seq, summary.from_message_id,
+                summary.through_message_id, clean_text(summary.content), summary.model, summary.provider,
+            )
+        return _affected_rows(result) == 1
 
     async def follow_chat(
         self,
@@ -362,12 +431,17 @@ class PostgresStore:
         stop_reason: str | None,
         input_tokens: int | None,
         output_tokens: int | None,
+        cache_read_input_tokens: int | None = None,
+        cache_creation_input_tokens: int | None = None,
+        replay_from_seq: int | None = None,
+        summary_through_seq: int | None = None,
     ) -> bool:
         check_finish_status(status)
         async with self._connection() as conn:
             result = await conn.execute(
                 FINISH_MESSAGE, message_id, clean_text(content), status, model, provider,
-                stop_reason, input_tokens, output_tokens,
+                stop_reason, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+                replay_from_seq, summary_through_seq,
             )
         return _affected_rows(result) == 1
 
@@ -427,7 +501,7 @@ class PostgresStore:
                 rows = await conn.fetch(
                     SELECT_THREADS_OF_USER, owner.key_name, owner.user_id, after.updated_at, after.thread_id, limit
                 )
-        return [_to_summary(row) for row in rows]
+        return [_to_thread_summary(row) for row in rows]
 
     async def rename_thread(self, thread_id: str, owner: Owner, title: str) -> ThreadSummary:
         thread_id = scoped_thread_id(owner, thread_id)
@@ -435,4 +509,4 @@ class PostgresStore:
             row = await conn.fetchrow(RENAME_THREAD, thread_id, owner.key_name, owner.user_id, clean_text(title))
         if row is None:
             raise ThreadNotFound(thread_id)
-        return _to_summary(row)
+        return _to_thread_summary(row)

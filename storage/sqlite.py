@@ -23,10 +23,13 @@ from .base import (
     MESSAGE_COLUMNS,
     MESSAGE_FIELDS,
     ClientMessage,
+    SUMMARY_COLUMNS,
+    Cut,
     Owner,
     StorageError,
     StorageUnavailable,
     StoredMessage,
+    Summary,
     ThreadNotFound,
     ThreadPosition,
     ThreadSummary,
@@ -39,6 +42,7 @@ from .base import (
     client_thread_id,
     clean_text,
     kept_start,
+    first_removed_seq,
     new_message_id,
     scoped_thread_id,
     thread_title,
@@ -104,8 +108,17 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 FINISH_MESSAGE = """
 UPDATE messages
 SET content = ?, status = ?, model = ?, provider = ?, stop_reason = ?,
-    input_tokens = ?, output_tokens = ?
+    input_tokens = ?, output_tokens = ?, cache_read_input_tokens = ?, cache_creation_input_tokens = ?,
+    replay_from_seq = ?, summary_through_seq = ?
 WHERE id = ? AND role = 'assistant' AND status = 'pending'"""
+# Cuts (regenerate, edit): the message a cut names, or the thread's last user message.
+SELECT_CUT_MESSAGE = "SELECT seq, role FROM messages WHERE id = ? AND thread_id = ?"
+SELECT_LAST_USER_MESSAGE = "SELECT seq, role FROM messages WHERE thread_id = ? AND role = 'user' ORDER BY seq DESC LIMIT 1"
+DELETE_MESSAGES_FROM = "DELETE FROM messages WHERE thread_id = ? AND seq >= ?"
+DELETE_SUMMARIES_FROM = "DELETE FROM summaries WHERE thread_id = ? AND through_seq >= ?"
+SELECT_LATEST_SUMMARY = f"SELECT {SUMMARY_COLUMNS} FROM summaries WHERE thread_id = ? ORDER BY through_seq DESC LIMIT 1"
+INSERT_SUMMARY = f"""
+INSERT OR IGNORE INTO summaries ({SUMMARY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 SELECT_MESSAGE_SEQ = "SELECT seq FROM messages WHERE id = ? AND thread_id = ?"
 # ?3 is the seq of the `before` message, or NULL for the newest page.
 SELECT_PAGE = f"""
@@ -145,11 +158,15 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _to_summary(row: sqlite3.Row | tuple) -> ThreadSummary:
+def _to_thread_summary(row: sqlite3.Row | tuple) -> ThreadSummary:
     thread_id, title, created_at, updated_at, message_count = row
     return ThreadSummary(
         client_thread_id(thread_id), title, datetime.fromisoformat(created_at), datetime.fromisoformat(updated_at), message_count
     )
+
+
+_MESSAGE_FIELDS = MESSAGE_COLUMNS.split(", ")
+_SUMMARY_FIELDS = SUMMARY_COLUMNS.split(", ")
 
 
 def _to_message(row: sqlite3.Row | tuple) -> StoredMessage:
@@ -157,6 +174,17 @@ def _to_message(row: sqlite3.Row | tuple) -> StoredMessage:
     values["thread_id"] = client_thread_id(values["thread_id"])
     values["created_at"] = datetime.fromisoformat(values["created_at"])
     return StoredMessage(**values)
+    fields = dict(zip(_MESSAGE_FIELDS, row))
+    fields["thread_id"] = client_thread_id(fields["thread_id"])
+    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+    return StoredMessage(**fields)
+
+
+def _to_summary(row: sqlite3.Row | tuple) -> Summary:
+    fields = dict(zip(_SUMMARY_FIELDS, row))
+    fields["thread_id"] = client_thread_id(fields["thread_id"])
+    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+    return Summary(**fields)
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
@@ -296,6 +324,7 @@ class SqliteStore:
         *,
         assistant_message_id: str | None = None,
         writer: str | None = None,
+        cut: Cut | None = None,
     ) -> Turn:
         check_limit("history_limit", history_limit)
         thread_id = scoped_thread_id(owner, thread_id)
@@ -303,18 +332,64 @@ class SqliteStore:
         user_ids = [new_message_id() for _ in new_messages]
         assistant_id = assistant_message_id or new_message_id()
         now = _now()
+        removed = 0
         async with self._transaction() as conn:
-            await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
-            [thread] = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
-            if not owner.matches(*thread):
+            if cut is None:
+                await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
+            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not threads or not owner.matches(*threads[0]):
                 raise ThreadNotFound(thread_id)
+            if cut is not None:
+                removed = await self._cut(conn, thread_id, cut)
             await conn.execute(TOUCH_THREAD, (now, thread_title(new_messages), thread_id))
             rows = await conn.execute_fetchall(SELECT_HISTORY, (thread_id, history_limit))
             history = [_to_message(row) for row in rows]
+            summaries = await conn.execute_fetchall(SELECT_LATEST_SUMMARY, (thread_id,))
             [(last_seq,)] = await conn.execute_fetchall(SELECT_LAST_SEQ, (thread_id,))
             new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id, writer)
             await conn.executemany(INSERT_MESSAGE, [(*row, now) for row in new_rows])
-        return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id)
+        summary = _to_summary(summaries[0]) if summaries else None
+        return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id, summary=summary, removed=removed)
+
+    @staticmethod
+    async def _cut(conn: aiosqlite.Connection, thread_id: str, cut: Cut) -> int:
+        if cut.message_id is None:
+            found = await conn.execute_fetchall(SELECT_LAST_USER_MESSAGE, (thread_id,))
+        else:
+            found = await conn.execute_fetchall(SELECT_CUT_MESSAGE, (cut.message_id, thread_id))
+        first = first_removed_seq(cut, tuple(found[0]) if found else None)  # type: ignore[arg-type]
+        await conn.execute(DELETE_SUMMARIES_FROM, (thread_id, first))
+        cursor = await conn.execute(DELETE_MESSAGES_FROM, (thread_id, first))
+        return cursor.rowcount
+
+    async def cut_thread(self, thread_id: str, owner: Owner, cut: Cut) -> int:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._transaction() as conn:
+            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not threads or not owner.matches(*threads[0]):
+                raise ThreadNotFound(thread_id)
+            return await self._cut(conn, thread_id, cut)
+
+    async def summary_of(self, thread_id: str, owner: Owner) -> Summary | None:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._connection() as conn:
+            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not threads or not owner.matches(*threads[0]):
+                raise ThreadNotFound(thread_id)
+            rows = await conn.execute_fetchall(SELECT_LATEST_SUMMARY, (thread_id,))
+        return _to_summary(rows[0]) if rows else None
+
+    async def save_summary(self, thread_id: str, owner: Owner, summary: Summary) -> bool:
+        thread_id = scoped_thread_id(owner, thread_id)
+        async with self._transaction() as conn:
+            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            if not threads or not owner.matches(*threads[0]):
+                return False
+            cursor = await conn.execute(INSERT_SUMMARY, (
+                thread_id, summary.from_seq, summary.through_seq, summary.from_message_id, summary.through_message_id,
+                clean_text(summary.content), summary.model, summary.provider, _now(),
+            ))
+            return cursor.rowcount == 1
 
     async def follow_chat(
         self,
@@ -359,10 +434,14 @@ class SqliteStore:
         stop_reason: str | None,
         input_tokens: int | None,
         output_tokens: int | None,
+        cache_read_input_tokens: int | None = None,
+        cache_creation_input_tokens: int | None = None,
+        replay_from_seq: int | None = None,
+        summary_through_seq: int | None = None,
     ) -> bool:
         check_finish_status(status)
-        params = (clean_text(content), status, model, provider, stop_reason,
-                  input_tokens, output_tokens, message_id)
+        params = (clean_text(content), status, model, provider, stop_reason, input_tokens, output_tokens,
+                  cache_read_input_tokens, cache_creation_input_tokens, replay_from_seq, summary_through_seq, message_id)
         async with self._connection() as conn:
             cursor = await conn.execute(FINISH_MESSAGE, params)
             return cursor.rowcount == 1
@@ -423,7 +502,7 @@ class SqliteStore:
         after = LIST_START if before is None else (_timestamp(before.updated_at), scoped_thread_id(owner, before.thread_id))
         async with self._connection() as conn:
             rows = await conn.execute_fetchall(SELECT_THREADS, (owner.key_name, owner.user_id, *after, limit))
-        return [_to_summary(row) for row in rows]
+        return [_to_thread_summary(row) for row in rows]
 
     async def rename_thread(self, thread_id: str, owner: Owner, title: str) -> ThreadSummary:
         thread_id = scoped_thread_id(owner, thread_id)
@@ -432,4 +511,4 @@ class SqliteStore:
             if cursor.rowcount == 0:
                 raise ThreadNotFound(thread_id)
             [row] = await conn.execute_fetchall(SELECT_THREAD_SUMMARY, (thread_id,))
-        return _to_summary(row)
+        return _to_thread_summary(row)

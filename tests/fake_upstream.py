@@ -8,6 +8,7 @@ stalls and malformed data. Every request is recorded; client disconnects are not
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import string
@@ -17,6 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
+
+from tests.fake_cache import PromptCache, count_tokens
+
+__all__ = ["FakeUpstream", "PromptCache", "RecordedRequest", "Scenario", "count_tokens"]
 
 Api = Literal["anthropic", "openai"]
 Kind = Literal["ok", "http_error", "stream_error", "drop", "stall", "malformed"]
@@ -45,13 +50,16 @@ class Scenario:
     status: int = 529  # for http_error
     error_type: str | None = None  # default: from status (in-stream: overloaded_error / server_error)
     error_message: str = "fake upstream error"
+    error_code: str | None = None  # OpenAI's error `code` (e.g. context_length_exceeded); default: from status
     retry_after: float | None = None  # `retry-after` header on http_error
     after_tokens: int = 0  # stream_error / drop / stall / malformed happen after this many text tokens
     first_token_delay: float = 0.0
     token_delay: float = 0.0
     stall_seconds: float = 3600.0
     stop_reason: str = "end_turn"
-    input_tokens: int = 11
+    input_tokens: int = 11  # as Anthropic counts it: the prompt tokens not read from or written to the cache
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
     output_tokens: int | None = None  # default: len(tokens)
     end_delay: float = 0.0  # seconds between the last event and the end of the body
     one_write: bool = False  # everything before the end (or the drop, or the stall) in one write, as a buffering proxy sends it
@@ -59,6 +67,13 @@ class Scenario:
     @property
     def out_tokens(self) -> int:
         return len(self.tokens) if self.output_tokens is None else self.output_tokens
+
+    def anthropic_usage(self) -> dict[str, int]:
+        usage = {"input_tokens": self.input_tokens, "output_tokens": 1}
+        if self.cache_read_input_tokens or self.cache_creation_input_tokens:
+            usage.update(cache_creation_input_tokens=self.cache_creation_input_tokens,
+                         cache_read_input_tokens=self.cache_read_input_tokens)
+        return usage
 
 
 @dataclass
@@ -159,7 +174,7 @@ class _AnthropicWire(_Wire):
         message = {
             "id": _rand_id("msg_"), "type": "message", "role": "assistant", "model": self.model, "content": [],
             "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": self.sc.input_tokens, "output_tokens": 1},
+            "usage": self.sc.anthropic_usage(),
         }
         await self.event("message_start", {"type": "message_start", "message": message})
         block = {"type": "text", "text": ""}
@@ -195,7 +210,7 @@ class _AnthropicWire(_Wire):
         return {
             "id": _rand_id("msg_"), "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "".join(sc.tokens)}], "stop_reason": sc.stop_reason,
-            "stop_sequence": None, "usage": {"input_tokens": sc.input_tokens, "output_tokens": sc.out_tokens},
+            "stop_sequence": None, "usage": {**sc.anthropic_usage(), "output_tokens": sc.out_tokens},
         }
 
 
@@ -240,7 +255,7 @@ class _OpenAIWire(_Wire):
     def error_body(sc: Scenario, request_id: str) -> dict[str, Any]:
         default = ("server_error" if sc.status >= 500 else "invalid_request_error", None)
         etype, code = OPENAI_ERRORS.get(sc.status, default)
-        return {"error": {"message": sc.error_message, "type": sc.error_type or etype, "param": None, "code": code}}
+        return {"error": {"message": sc.error_message, "type": sc.error_type or etype, "param": None, "code": sc.error_code or code}}
 
     @staticmethod
     def message_body(model: str, sc: Scenario) -> dict[str, Any]:
@@ -251,9 +266,12 @@ class _OpenAIWire(_Wire):
                 "model": model, "choices": [choice], "usage": _openai_usage(sc), "system_fingerprint": None}
 
 
-def _openai_usage(sc: Scenario) -> dict[str, int]:
-    return {"prompt_tokens": sc.input_tokens, "completion_tokens": sc.out_tokens,
-            "total_tokens": sc.input_tokens + sc.out_tokens}
+def _openai_usage(sc: Scenario) -> dict[str, Any]:
+    prompt = sc.input_tokens + sc.cache_read_input_tokens + sc.cache_creation_input_tokens
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": sc.out_tokens, "total_tokens": prompt + sc.out_tokens}
+    if sc.cache_read_input_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": sc.cache_read_input_tokens}
+    return usage
 
 
 def count_chars(body: dict[str, Any]) -> int:
@@ -280,6 +298,10 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[RecordedRequest] = []
         self.active_streams = 0
+        # Count the prompt's tokens (`count_tokens`) instead of the scenario's input_tokens, and
+        # with `prompt_cache` also report what a prefix cache would have read and written.
+        self.count_tokens = False
+        self.prompt_cache: PromptCache | None = None
         self._scripts: dict[str, list[Scenario]] = {}
         self._choosers: dict[str, Chooser] = {}
         self._returned_disconnects = 0
@@ -358,6 +380,17 @@ class FakeUpstream:
             return Scenario()
         return queue.pop(0) if len(queue) > 1 else queue[0]
 
+    def _counted(self, api: Api, body: dict[str, Any], sc: Scenario) -> Scenario:
+        if not (self.count_tokens or self.prompt_cache is not None) or sc.kind == "http_error":
+            return sc
+        cache = self.prompt_cache if self.prompt_cache is not None else PromptCache(min_tokens=1 << 60)
+        total, read, written = cache.anthropic(body) if api == "anthropic" else cache.openai(body)
+        output = count_tokens("".join(sc.tokens)) if sc.output_tokens is None else sc.output_tokens
+        return dataclasses.replace(
+            sc, input_tokens=total - read - written, cache_read_input_tokens=read,
+            cache_creation_input_tokens=written, output_tokens=output,
+        )
+
     def _record_disconnect(self, rec: RecordedRequest) -> None:
         if self._closing or rec.disconnected:
             return
@@ -378,7 +411,7 @@ class FakeUpstream:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         rec.peer = (peer[0], peer[1]) if peer else None
         chooser = self._choosers.get(model)
-        rec.scenario = sc = chooser(rec) if chooser is not None else self._next_scenario(model)
+        rec.scenario = sc = self._counted(api, body, chooser(rec) if chooser is not None else self._next_scenario(model))
         self.requests.append(rec)
         task = asyncio.current_task()
         assert task is not None

@@ -160,7 +160,7 @@ async def store_target(
     url = request.getfixturevalue("pg_url")
     conn = await asyncpg.connect(url, timeout=5)
     try:
-        await conn.execute("TRUNCATE threads, messages")
+        await conn.execute("TRUNCATE threads, messages CASCADE")  # and the tables that refer to them
     finally:
         await conn.close()
     yield StoreTarget("postgresql", url)

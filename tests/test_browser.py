@@ -19,6 +19,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from service.app import create_app
 from service.settings import load_settings
+from tests.support.prompts import conversation, date_context
 from tests.conftest import ANTHROPIC_KEY, MODELS, OPENAI_KEY
 from tests.fake_upstream import FakeUpstream, Scenario
 
@@ -204,8 +205,8 @@ async def test_answer_grows_as_tokens_arrive(browser, start_service):
     assert figures[2] == "in 11 · out 8"
 
     [sent] = live.requests_for("claude-primary")
-    assert sent.body["messages"] == [{"role": "user", "content": "line one\nline two"}]
-    assert sent.body["system"].startswith("Be brief.") and "Europe/Lisbon" in sent.body["system"]
+    assert conversation(sent.body) == [{"role": "user", "content": "line one\nline two"}]
+    assert sent.body["system"] == "Be brief." and "Europe/Lisbon" in (date_context(sent.body) or "")
     await screenshot(page, "answer-1280.png")
     assert watched.problems == []
 
@@ -219,7 +220,7 @@ async def test_second_turn_sends_the_conversation(browser, start_service):
     await ask(page, "second")
     await answer_done(page)
     requests = live.requests_for("claude-primary")
-    assert [r.body["messages"] for r in requests][1] == [
+    assert [conversation(r.body) for r in requests][1] == [
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "Hello, world!"},
         {"role": "user", "content": "second"},
@@ -332,7 +333,7 @@ async def test_stored_thread_is_listed_reopened_and_renamed(browser, start_servi
 
     await ask(page, "And in the evening?")  # the reopened thread goes on, with its history
     await answer_done(page)
-    assert live.requests_for("claude-primary")[-1].body["messages"] == [
+    assert conversation(live.requests_for("claude-primary")[-1].body) == [
         {"role": "user", "content": "Plan a day in Lisbon\nwith museums"},
         {"role": "assistant", "content": "Hello, world!"},
         {"role": "user", "content": "And in the evening?"},

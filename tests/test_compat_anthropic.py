@@ -10,6 +10,7 @@ import anthropic
 import pytest
 
 from tests.conftest import ClientFactory
+from tests.support.prompts import conversation, date_context
 from tests.fake_upstream import FakeUpstream, Scenario, count_chars
 
 HI: Any = [{"role": "user", "content": "Hi"}]
@@ -36,8 +37,9 @@ async def test_create_answers_one_message(claude: anthropic.AsyncAnthropic, fake
     assert [(b.type, b.text) for b in message.content if b.type == "text"] == [("text", "Hello, world!")]
     assert (message.usage.input_tokens, message.usage.output_tokens) == (11, 4)
     sent = fake_upstream.requests_for("claude-primary")[0].body
-    assert sent["messages"] == HI and sent["max_tokens"] == 200 and sent["stop_sequences"] == ["END"]
-    assert sent["system"].startswith("Be brief.\n\nCurrent date and time: ")
+    assert conversation(sent) == HI and sent["max_tokens"] == 200 and sent["stop_sequences"] == ["END"]
+    assert sent["system"] == "Be brief."
+    assert (date_context(sent) or "").startswith("Current date and time: ")  # after the question
 
 
 async def test_stream_helper_text_stream_and_final_message(claude: anthropic.AsyncAnthropic, fake_upstream: FakeUpstream) -> None:
@@ -195,8 +197,8 @@ async def test_count_tokens_is_passed_through_to_claude(claude: anthropic.AsyncA
     (sent,) = [r for r in fake_upstream.requests if r.path == "/v1/messages/count_tokens"]
     assert sent.model == "claude-backup"
     assert sent.body["messages"] == [{"role": "user", "content": "How many tokens is this sentence?"}]
-    assert counted.input_tokens == count_chars(sent.body) // 4  # what the upstream counted, date context included
-    assert "Current date and time" in sent.body["system"]
+    assert counted.input_tokens == count_chars(sent.body) // 4  # what the upstream counted
+    assert sent.body["system"] == "Be brief."  # the caller's request as it is
 
 
 async def test_count_tokens_is_estimated_without_claude(make_client: ClientFactory, fake_upstream: FakeUpstream) -> None:

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import ClientFactory
+from tests.support.prompts import conversation, date_context
 from tests.fake_upstream import FakeUpstream, Scenario
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -43,8 +44,9 @@ async def test_create_answers_one_chat_completion(oai: openai.AsyncOpenAI, fake_
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (11, 4, 15)
     sent = fake_upstream.requests_for("claude-primary")[0].body
-    assert sent["messages"] == HI and sent["max_tokens"] == 1024 and "stop_sequences" not in sent
-    assert sent["system"].startswith("Be brief.\n\nNo emoji.\n\nCurrent date and time: ")
+    assert conversation(sent) == HI and sent["max_tokens"] == 1024 and "stop_sequences" not in sent
+    assert sent["system"] == "Be brief.\n\nNo emoji."
+    assert (date_context(sent) or "").startswith("Current date and time: ")  # after the question
 
 
 async def test_stream_chunks_as_the_sdk_reads_them(oai: openai.AsyncOpenAI, fake_upstream: FakeUpstream) -> None:
@@ -141,7 +143,7 @@ async def test_content_parts_and_user_turns(oai: openai.AsyncOpenAI, fake_upstre
         {"role": "user", "content": "Go on."},
     ]
     await oai.chat.completions.create(model="ai-stream", messages=messages, user="end-user-1")
-    assert fake_upstream.requests_for("claude-primary")[0].body["messages"] == [
+    assert conversation(fake_upstream.requests_for("claude-primary")[0].body) == [
         {"role": "user", "content": "Part one, part two."},
         {"role": "assistant", "content": "Noted."},
         {"role": "user", "content": "Go on."},

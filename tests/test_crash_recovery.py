@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.prompts import conversation
 from tests.fake_upstream import Scenario
 from tests.storage_fixtures import StoreTarget, run_in_thread
 from tests.support.processes import ThreadedUpstream, run_service, service_env
@@ -50,7 +51,7 @@ def _target(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Sto
         return StoreTarget("sqlite", f"sqlite:///{tmp_path / 'threads.db'}")
     url = request.getfixturevalue("pg_url")
     target = StoreTarget("postgresql", url)
-    run_in_thread(lambda: target.fetch("TRUNCATE threads, messages"))
+    run_in_thread(lambda: target.fetch("TRUNCATE threads, messages CASCADE"))
     return target
 
 
@@ -100,7 +101,7 @@ def test_sigkill_mid_answer_then_restart(backend: str, tmp_path: Path, request: 
             body = {"messages": [{"role": "user", "content": "go on"}], "thread_id": "crash-0"}
             response = requests.post(f"{service.base_url}/ai/stream/chat", json=body, timeout=30)
             assert response.status_code == 200 and b'"type":"done"' in response.content
-            sent = upstream.call(lambda: upstream.fake.requests_for(MODEL)[-1].body["messages"])
+            sent = conversation(upstream.call(lambda: upstream.fake.requests_for(MODEL)[-1].body))
             assert [m["role"] for m in sent] == ["user", "assistant", "user"]
             assert sent[0]["content"] == "question 0" and sent[2]["content"] == "go on"
             assert sent[1]["content"].startswith(received["crash-0"])

@@ -12,6 +12,7 @@ from providers.base import Message
 from service.history import TRUNCATED_MARKER, fit_history
 from storage import StoredMessage
 from tests.conftest import parse_events
+from tests.support.prompts import conversation
 
 
 def stored(role: str, content: str, seq: int) -> StoredMessage:
@@ -77,7 +78,7 @@ async def test_a_thread_cut_at_the_right_turn_over_http(small_budget, fake_upstr
     for n in range(4):
         assert (await chat(small_budget, f"{n}" * 300))[-1]["persisted"] is True
     await chat(small_budget, "z" * 300)
-    sent = fake_upstream.requests_for("claude-primary")[-1].body["messages"]
+    sent = conversation(fake_upstream.requests_for("claude-primary")[-1].body)
     # 300 for the new turn leaves 700: the newest two turns (300 + 13 each) fit, the third does not.
     assert [m["content"][:1] for m in sent] == ["2", "H", "3", "H", "z"]
     assert sum(len(m["content"]) for m in sent) <= 1000
@@ -88,7 +89,7 @@ async def test_a_huge_thread_always_takes_a_new_turn_and_sends_a_bounded_request
         await chat(small_budget, "w" * 20_000)
     events = await chat(small_budget, "and now?")
     assert events[-1]["type"] == "done" and events[-1]["persisted"] is True
-    sent = fake_upstream.requests_for("claude-primary")[-1].body["messages"]
+    sent = conversation(fake_upstream.requests_for("claude-primary")[-1].body)
     assert sum(len(m["content"]) for m in sent) <= 1000
     assert sent[-1] == {"role": "user", "content": "and now?"}
     assert sent[0]["role"] == "user" and sent[0]["content"].startswith(TRUNCATED_MARKER)

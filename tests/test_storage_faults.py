@@ -14,6 +14,7 @@ import pytest
 
 from service.app_keys import STORAGE
 from storage import Owner, Store, Turn
+from tests.support.prompts import conversation
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
 from tests.storage_fixtures import StoreTarget, TcpProxy, with_address
@@ -84,7 +85,7 @@ async def test_retry_after_an_unknown_commit_does_not_replay_two_questions(make_
     state.store = real
     resp = await client.post("/ai/stream/chat", json=turn("hello"))  # the client retries
     assert parse_events(await resp.read())[-1]["persisted"] is True
-    sent = fake_upstream.requests_for("claude-primary")[0].body["messages"]
+    sent = conversation(fake_upstream.requests_for("claude-primary")[0].body)
     assert sent == [{"role": "user", "content": "hello"}]
 
 
@@ -100,7 +101,7 @@ async def test_database_outage_under_concurrent_threaded_load(make_client, pg_ur
     proxy = TcpProxy("127.0.0.1", 5432)
     await proxy.start()
     target = StoreTarget("postgresql", pg_url)
-    await target.fetch("TRUNCATE threads, messages")
+    await target.fetch("TRUNCATE threads, messages CASCADE")
     try:
         client = await make_client(
             database_url=with_address(pg_url, "127.0.0.1", proxy.port), storage_check_interval=0.1, request_timeout=3.0

@@ -46,7 +46,9 @@ async def test_chat_through_openai_compatible_model_exact_bytes(client, fake_ups
     sent = fake_upstream.requests_for("gpt-fallback")[0].body
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
     assert sent["max_tokens"] == 1024
-    assert sent["messages"][0]["role"] == "system" and sent["messages"][1:] == [{"role": "user", "content": "Hi"}]
+    # The date context follows the question (after the stable prefix), as text for OpenAI-compatible servers.
+    [question] = sent["messages"]
+    assert question["role"] == "user" and question["content"].startswith("Hi\n\nCurrent date and time: ")
 
 
 async def test_text_with_newlines_and_quotes_stays_one_data_line(client, fake_upstream):
@@ -109,31 +111,45 @@ async def test_stream_false_falls_back_too(client, fake_upstream):
     assert (await resp.json())["model"] == "claude-backup"
 
 
+def date_block(body):
+    """The date context of a Messages request: the last block of its last user message."""
+    content = body["messages"][-1]["content"]
+    assert isinstance(content, list) and content[-1]["type"] == "text", content
+    return content[-1]["text"]
+
+
 async def test_date_context_in_requested_zone_and_caller_system_kept(client, fake_upstream):
     resp = await client.post(
         "/ai/stream/generate",
         json={"prompt": "What day is it?", "system_prompt": "You are terse.", "timezone": "Asia/Tokyo"},
     )
     await resp.read()
-    system = fake_upstream.requests_for("claude-primary")[0].body["system"]
+    body = fake_upstream.requests_for("claude-primary")[0].body
+    # The caller's system prompt is sent as it is: what changes (the time) comes after the stable prefix.
+    assert body["system"] == "You are terse."
+    assert body["messages"][0]["content"][0] == {"type": "text", "text": "What day is it?"}
+    context = date_block(body)
     today = datetime.now(ZoneInfo("Asia/Tokyo"))
-    assert system.startswith("You are terse.\n\n")
-    assert "Asia/Tokyo" in system and "UTC+09:00" in system
-    assert today.strftime("%Y-%m-%d") in system and today.strftime("%A") in system
+    assert context.startswith("Current date and time: ")
+    assert "Asia/Tokyo" in context and "UTC+09:00" in context
+    assert today.strftime("%Y-%m-%d") in context and today.strftime("%A") in context
 
 
 async def test_date_context_defaults_to_configured_zone(make_client, fake_upstream):
     client = await make_client(default_timezone="America/New_York")
     await (await client.post("/ai/stream/generate", json={"prompt": "x"})).read()
-    system = fake_upstream.requests_for("claude-primary")[0].body["system"]
-    assert "America/New_York" in system
-    assert datetime.now(ZoneInfo("America/New_York")).strftime("%Y-%m-%d") in system
+    body = fake_upstream.requests_for("claude-primary")[0].body
+    assert "system" not in body
+    context = date_block(body)
+    assert "America/New_York" in context
+    assert datetime.now(ZoneInfo("America/New_York")).strftime("%Y-%m-%d") in context
 
 
 async def test_date_context_can_be_turned_off(make_client, fake_upstream):
     client = await make_client(date_context=False)
     await (await client.post("/ai/stream/generate", json={"prompt": "x"})).read()
-    assert "system" not in fake_upstream.requests_for("claude-primary")[0].body
+    body = fake_upstream.requests_for("claude-primary")[0].body
+    assert "system" not in body and body["messages"] == [{"role": "user", "content": "x"}]
     await (await client.post("/ai/stream/generate", json={"prompt": "x", "system_prompt": "Be kind."})).read()
     assert fake_upstream.requests_for("claude-primary")[1].body["system"] == "Be kind."
 
@@ -156,12 +172,17 @@ async def test_chat_folds_system_messages_and_passes_parameters(client, fake_ups
     )
     assert parse_events(await resp.read())[-1]["type"] == "done"
     body = fake_upstream.requests_for("claude-primary")[0].body
-    assert body["system"].startswith("Rule one.\n\nRule two.\n\nCurrent date and time:")
-    assert body["messages"] == [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "And now?"},
+    assert body["system"] == "Rule one.\n\nRule two."
+    # A history before the new turn is worth caching: the top-level marker, and one on the block
+    # before the new turn, which is followed by the date context.
+    assert body["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"][:2] == [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello!", "cache_control": {"type": "ephemeral"}}]},
     ]
+    last = body["messages"][2]
+    assert last["role"] == "user" and last["content"][0] == {"type": "text", "text": "And now?"}
+    assert date_block(body).startswith("Current date and time:")
     assert body["max_tokens"] == 77 and body["model"] == "claude-primary"
     # The Messages API rejects sampling parameters; OpenAI-compatible servers get them.
     assert "temperature" not in body

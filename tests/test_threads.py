@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
+from tests.support.prompts import conversation
 from tests.storage_fixtures import TcpProxy, with_address
 
 
@@ -38,7 +39,7 @@ async def test_history_is_replayed_before_the_new_turn(thread_client, fake_upstr
     assert first[-1]["type"] == "done" and first[-1]["persisted"] is True
     assert first[-1]["message_id"].startswith("msg_")
     await chat(thread_client, turn("What is my name?"))
-    sent = fake_upstream.requests_for("claude-primary")[1].body["messages"]
+    sent = conversation(fake_upstream.requests_for("claude-primary")[1].body)
     assert sent == [
         {"role": "user", "content": "My name is Ada."},
         {"role": "assistant", "content": "Hello, world!"},
@@ -64,7 +65,7 @@ async def test_history_limit_keeps_the_newest_and_starts_at_a_user_turn(make_cli
     for n in range(3):
         await chat(client, turn(f"question {n}"))
     await chat(client, turn("question 3"))
-    sent = fake_upstream.requests_for("claude-primary")[-1].body["messages"]
+    sent = conversation(fake_upstream.requests_for("claude-primary")[-1].body)
     # The newest 3 stored are answer 1, question 2, answer 2; the window starts at question 2.
     assert [m["content"] for m in sent] == ["question 2", "Hello, world!", "question 3"]
 
@@ -85,7 +86,7 @@ async def test_thread_ids_are_namespaced_by_owner(thread_client, fake_upstream):
     # probe for alice's (a 404 for "taken" would tell it the id is in use).
     await chat(thread_client, turn("secret plan", user_id="alice"))
     await chat(thread_client, turn("let me in", user_id="bob"))
-    sent = fake_upstream.requests_for("claude-primary")[1].body["messages"]
+    sent = conversation(fake_upstream.requests_for("claude-primary")[1].body)
     assert sent == [{"role": "user", "content": "let me in"}]
     bobs = await messages(thread_client, user_id="bob")
     assert [m["content"] for m in bobs["messages"]] == ["let me in", "Hello, world!"]
@@ -153,7 +154,7 @@ async def test_answer_that_never_started_is_stored_empty_and_not_replayed(thread
     ]
     fake_upstream.reset()
     await chat(thread_client, turn("second"))
-    sent = fake_upstream.requests_for("claude-primary")[0].body["messages"]
+    sent = conversation(fake_upstream.requests_for("claude-primary")[0].body)
     # The question that got no answer is not replayed: never two user turns in a row.
     assert [(m["role"], m["content"]) for m in sent] == [("user", "second")]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.prompts import conversation
 from tests.fake_upstream import Scenario
 from tests.ui_stream import DONE, parse_ui_chunks, types, ui_text
 
@@ -81,7 +82,7 @@ async def test_next_turn_replays_the_stored_thread_once(ui_client, fake_upstream
     _, chunks = await post(ui_client, body())
     answer = assistant(chunks[0]["messageId"], ui_text(chunks))
     await post(ui_client, body(USER, answer, user("u2", "More")))
-    sent = fake_upstream.requests[-1].body["messages"]
+    sent = conversation(fake_upstream.requests[-1].body)
     assert [(m["role"], m["content"]) for m in sent] == [
         ("user", "Hi"), ("assistant", "Hello, world!"), ("user", "More"),
     ]
@@ -99,7 +100,7 @@ async def test_regenerate_replaces_the_named_answer(ui_client, fake_upstream):
     assert again[0]["messageId"] != old
     stored = await (await ui_client.get("/ai/ui/chat/chat-1/messages")).json()
     assert [(m["id"], m["parts"][0]["text"]) for m in stored] == [("u1", "Hi"), (again[0]["messageId"], "Another")]
-    assert [m["role"] for m in fake_upstream.requests[-1].body["messages"]] == ["user"]
+    assert [m["role"] for m in conversation(fake_upstream.requests[-1].body)] == ["user"]
 
 
 async def test_edited_message_makes_the_stored_thread_follow(ui_client, fake_upstream):
@@ -127,7 +128,7 @@ async def test_history_parts_other_than_text_are_ignored(client, fake_upstream):
     data = body(user("u0", "Earlier"), history, USER, store=False, unknown_option=1, system="Be brief")
     await post(client, {**data, "messages": [{"id": "s", "role": "system", "parts": [{"type": "text", "text": "Sys"}]}, *data["messages"]]})
     sent = fake_upstream.requests[-1].body
-    assert [(m["role"], m["content"]) for m in sent["messages"]] == [
+    assert [(m["role"], m["content"]) for m in conversation(sent)] == [
         ("user", "Earlier"), ("assistant", "Earlier answer"), ("user", "Hi"),
     ]
     assert "Be brief" in str(sent["system"]) and "Sys" in str(sent["system"])

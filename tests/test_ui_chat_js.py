@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.prompts import conversation
 from tests.fake_upstream import RecordedRequest, Scenario
 from tests.support.processes import ROOT, RunningService, ThreadedUpstream, run_service, service_env
 
@@ -33,13 +34,10 @@ NODE_TIMEOUT = 300.0
 
 
 def last_user_text(rec: RecordedRequest) -> str:
-    for message in reversed(rec.body.get("messages", [])):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                return "".join(block.get("text", "") for block in content if isinstance(block, dict))
-            return str(content)
-    return ""
+    """The last question of a request, as the user wrote it (without the date context)."""
+    messages = conversation(rec.body)
+    questions = [m["content"] for m in messages if m["role"] == "user"]
+    return questions[-1] if questions else ""
 
 
 def echo(prompt: str) -> list[str]:

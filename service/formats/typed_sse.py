@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from providers.base import ProviderError
+from providers.base import ProviderError, Usage
 from service.outcome import Outcome, Receipt
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -19,6 +19,18 @@ def event_bytes(payload: dict[str, Any]) -> bytes:
     return b"data: " + _encode(payload).encode() + b"\n\n"
 
 
+def usage_fields(usage: Usage) -> dict[str, Any]:
+    """`input_tokens` counts every prompt token; the cache figures (parts of it) are there only
+    when the model read from or wrote to its prompt cache."""
+    fields: dict[str, Any] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    if usage.cache_read_input_tokens or usage.cache_creation_input_tokens:
+        fields.update(
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        )
+    return fields
+
+
 def done_fields(outcome: Outcome, receipt: Receipt | None) -> dict[str, Any]:
     finish = outcome.finish
     assert finish is not None
@@ -26,7 +38,7 @@ def done_fields(outcome: Outcome, receipt: Receipt | None) -> dict[str, Any]:
         "model": finish.model,
         "provider": finish.provider,
         "stop_reason": finish.stop_reason,
-        "usage": {"input_tokens": finish.usage.input_tokens, "output_tokens": finish.usage.output_tokens},
+        "usage": usage_fields(finish.usage),
     }
     if outcome.attempts:  # only after a fallback: the attempts that failed before this model answered
         fields["attempts"] = [{"model": a.model, "code": a.code} for a in outcome.attempts]
