@@ -34,9 +34,9 @@ from aiohttp import web
 
 from tests.compat_wire import AsTyped
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY
-from tests.support.prompts import conversation
 from tests.conftest import MODELS as MODEL_SPECS  # the chain `make_client` configures
 from tests.fake_upstream import FakeUpstream, RecordedRequest, Scenario
+from tests.support.prompts import conversation
 
 MODELS = [spec.partition("/")[2] for spec in MODEL_SPECS.split(",")]  # in chain order
 # Small timeouts so that every fault resolves in well under a second; limits that would turn the

@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
+from providers.base import Message
 from service.app import create_app
+from service.history import Budget, plan_replay
 from service.log import configure_logging
 from service.settings import load_settings
-from providers.base import Message
-from service.history import Budget, plan_replay
 from storage import StoredMessage
 from tests.fake_upstream import FakeUpstream
 

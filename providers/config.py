@@ -18,7 +18,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from providers.dialects import ADAPTERS
-from providers.endpoints import NAME_PATTERN, Endpoint, ModelCatalog, ModelInfo, ModelOptions, parse_models
+from providers.endpoints import (
+    NAME_PATTERN,
+    Endpoint,
+    ModelCatalog,
+    ModelInfo,
+    ModelOptions,
+    parse_models,
+)
 
 ENDPOINT_PREFIX = "AI_ENDPOINT_"
 # Variable suffix -> endpoint field, longest first where one suffix ends another (`_API_KEY`, `_API`).

@@ -18,7 +18,16 @@ from contextlib import aclosing
 import structlog
 from aiohttp import web
 
-from providers.base import AttemptFailed, AttemptStarted, Finish, ModelRequest, Provider, ProviderError, Restarted, TextDelta
+from providers.base import (
+    AttemptFailed,
+    AttemptStarted,
+    Finish,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    Restarted,
+    TextDelta,
+)
 from service.app_keys import CHAIN, METRICS, REQUEST_ID, REQUEST_LOG
 from service.formats import WireFormat
 from service.outcome import (

@@ -13,14 +13,24 @@ from aiohttp import web
 from providers.factory import ModelRegistry
 from providers.fallback import FallbackChain
 from service.anthropic_api import add_anthropic_routes
+from service.app_keys import (
+    ACTIVITY,
+    CHAIN,
+    CLOCK,
+    IN_FLIGHT,
+    LIMITER,
+    METRICS,
+    REGISTRY,
+    SETTINGS,
+    USER_LIMITER,
+)
 from service.conversations import add_thread_routes
-from service.errors import add_request_id, request_middleware
-from service.app_keys import ACTIVITY, CHAIN, CLOCK, IN_FLIGHT, LIMITER, METRICS, REGISTRY, SETTINGS, USER_LIMITER
 from service.datecontext import utc_now
+from service.errors import add_request_id, request_middleware
 from service.limits import RateLimiter
 from service.metrics import Metrics
-from service.playground import add_playground_routes
 from service.openai_api import add_openai_routes
+from service.playground import add_playground_routes
 from service.routes import add_routes
 from service.security import access_middleware, setup_cors
 from service.settings import Settings

@@ -13,9 +13,9 @@ from aiohttp import web
 if TYPE_CHECKING:
     from providers.factory import ModelRegistry
     from providers.fallback import FallbackChain
+    from service.answer import Cutoff
     from service.limits import RateLimiter
     from service.metrics import Metrics
-    from service.answer import Cutoff
     from service.settings import Settings
     from service.status import RecentActivity
     from service.storage_state import StorageState

@@ -12,7 +12,16 @@ from aiohttp import web
 from providers.base import ModelRequest, Provider
 from providers.fallback import FallbackChain
 from service.answer import AnswerEnd, collect_answer, stream_answer
-from service.app_keys import CHAIN, CLOCK, IN_FLIGHT, REGISTRY, SETTINGS, STORAGE, SUMMARIZER, USER_LIMITER
+from service.app_keys import (
+    CHAIN,
+    CLOCK,
+    IN_FLIGHT,
+    REGISTRY,
+    SETTINGS,
+    STORAGE,
+    SUMMARIZER,
+    USER_LIMITER,
+)
 from service.body import invalid
 from service.conversations import begin_turn, follow_chat, owner_of, store_answer
 from service.datecontext import date_context

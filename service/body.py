@@ -10,7 +10,6 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from providers.sse import may_hold_surrogates, repaired
-
 from service.app_keys import SETTINGS
 from service.datecontext import is_known_zone
 from service.errors import ApiError

@@ -12,8 +12,8 @@ import structlog
 from aiohttp import web
 
 from providers.base import Message, Usage
-from service.errors import ApiError
 from service.app_keys import METRICS, SETTINGS, STORAGE, THREAD_OWNER
+from service.errors import ApiError
 from service.formats.typed_sse import usage_fields
 from service.outcome import Outcome, Receipt
 from service.schemas import THREAD_ID_PATTERN

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from service.errors import ApiError
 from service.app_keys import THREAD_OWNER
+from service.errors import ApiError
 from service.settings import Settings
 
 _PRUNE_ABOVE = 10_000  # clients remembered before idle ones are forgotten

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp_cors
 from aiohttp import web
 
-from service.errors import ApiError
 from service.app_keys import LIMITER, THREAD_OWNER
+from service.errors import ApiError
 from service.limits import FailedLogins, client_of
 from service.settings import ApiKey, Settings
 

@@ -13,10 +13,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from providers.config import BUILTIN_ENDPOINTS, ENDPOINT_PREFIX, ConfigProblem, load_catalog
+from providers.config import (
+    BUILTIN_ENDPOINTS,
+    ENDPOINT_PREFIX,
+    ConfigProblem,
+    load_catalog,
+)
 from providers.endpoints import ModelCatalog, ModelSpec, parse_models
 from storage import create_store
 

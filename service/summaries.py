@@ -16,7 +16,14 @@ from collections.abc import AsyncIterator, Sequence
 import structlog
 from aiohttp import web
 
-from providers.base import Finish, Message, ModelRequest, Provider, ProviderError, TextDelta
+from providers.base import (
+    Finish,
+    Message,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    TextDelta,
+)
 from service.app_keys import METRICS, REGISTRY, SETTINGS, STORAGE, SUMMARIZER
 from storage import Owner, StoredMessage, Summary
 

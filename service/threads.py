@@ -12,10 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
-from service.body import read_json
-from service.conversations import NOT_FOUND, UNAVAILABLE, _query_limit, _query_user_id, _thread_id, owner_of
-from service.errors import ApiError
 from service.app_keys import STORAGE
+from service.body import read_json
+from service.conversations import (
+    NOT_FOUND,
+    UNAVAILABLE,
+    _query_limit,
+    _query_user_id,
+    _thread_id,
+    owner_of,
+)
+from service.errors import ApiError
 from service.schemas import THREAD_ID_PATTERN
 from service.storage_state import StorageState
 from storage import StorageError, ThreadNotFound, ThreadPosition, ThreadSummary

@@ -23,6 +23,8 @@ from .base import (
     ThreadSummary,
     Turn,
     UnknownMessage,
+)
+from .rows import (
     new_message_id,
 )
 

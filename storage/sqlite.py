@@ -18,12 +18,12 @@ from pathlib import Path
 
 import aiosqlite
 
+from . import sqlite_sql as sql
 from .base import (
-    LEGACY_PENDING_AFTER,
     MESSAGE_COLUMNS,
     MESSAGE_FIELDS,
-    ClientMessage,
     SUMMARY_COLUMNS,
+    ClientMessage,
     Cut,
     Owner,
     StorageError,
@@ -34,117 +34,26 @@ from .base import (
     ThreadPosition,
     ThreadSummary,
     Turn,
+)
+from .migrate import load_migrations, pending_migrations, split_statements
+from .rows import (
+    LEGACY_PENDING_AFTER,
     chat_rows,
     check_client_messages,
     check_finish_status,
     check_limit,
     check_new_messages,
-    client_thread_id,
     clean_text,
-    kept_start,
+    client_thread_id,
     first_removed_seq,
+    kept_start,
     new_message_id,
+    replayable,
     scoped_thread_id,
     thread_title,
-    replayable,
     turn_rows,
 )
-from .migrate import load_migrations, pending_migrations, split_statements
 
-# WAL lets readers in other processes work during a write; NORMAL sync is safe with WAL
-# (a power cut may lose the last commits, never corrupt the file).
-CONNECTION_PRAGMAS = (
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = NORMAL",
-    "PRAGMA foreign_keys = ON",  # per connection; needed for ON DELETE CASCADE
-)
-BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
-COMMIT = "COMMIT"
-ROLLBACK = "ROLLBACK"
-
-CREATE_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version     INTEGER PRIMARY KEY,
-    name        TEXT NOT NULL,
-    applied_at  TEXT NOT NULL
-)"""
-SELECT_APPLIED_VERSIONS = "SELECT version FROM schema_migrations"
-RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
-
-PING = "SELECT 1"
-INSERT_THREAD = """
-INSERT OR IGNORE INTO threads (id, key_name, user_id, created_at) VALUES (?, ?, ?, ?)"""
-SELECT_THREAD_OWNER = "SELECT key_name, user_id FROM threads WHERE id = ?"
-SELECT_HISTORY = f"""
-SELECT * FROM (
-    SELECT {MESSAGE_COLUMNS}
-    FROM messages
-    WHERE thread_id = ? AND status <> 'pending' AND content <> ''
-    ORDER BY seq DESC
-    LIMIT ?
-) ORDER BY seq"""
-SELECT_LAST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE thread_id = ?"
-INSERT_MESSAGE = """
-INSERT INTO messages (id, thread_id, seq, role, content, status, writer, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
-SAVE_PARTIAL = "UPDATE messages SET content = ? WHERE id = ? AND status = 'pending'"
-HEARTBEAT = """
-INSERT INTO writers (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = ?2"""
-RETIRE_WRITER = "DELETE FROM writers WHERE id = ?"
-# ?1: the oldest heartbeat of a live writer; ?2: the same for rows that name no writer. The
-# timestamps are ISO-8601 UTC text of one format, so text order is time order.
-CLOSE_ABANDONED = """
-UPDATE messages SET status = 'interrupted'
-WHERE status = 'pending'
-  AND CASE WHEN writer IS NULL THEN created_at < ?2
-           ELSE writer NOT IN (SELECT id FROM writers WHERE heartbeat_at > ?1)
-      END"""
-SELECT_THREAD_MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = ? ORDER BY seq"
-DELETE_MESSAGES_FROM_SEQ = "DELETE FROM messages WHERE thread_id = ? AND seq >= ?"
-INSERT_CLIENT_MESSAGE = """
-INSERT INTO messages (id, thread_id, seq, role, content, status, writer, client_message_id, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-FINISH_MESSAGE = """
-UPDATE messages
-SET content = ?, status = ?, model = ?, provider = ?, stop_reason = ?,
-    input_tokens = ?, output_tokens = ?, cache_read_input_tokens = ?, cache_creation_input_tokens = ?,
-    replay_from_seq = ?, summary_through_seq = ?
-WHERE id = ? AND role = 'assistant' AND status = 'pending'"""
-# Cuts (regenerate, edit): the message a cut names, or the thread's last user message.
-SELECT_CUT_MESSAGE = "SELECT seq, role FROM messages WHERE id = ? AND thread_id = ?"
-SELECT_LAST_USER_MESSAGE = "SELECT seq, role FROM messages WHERE thread_id = ? AND role = 'user' ORDER BY seq DESC LIMIT 1"
-DELETE_MESSAGES_FROM = "DELETE FROM messages WHERE thread_id = ? AND seq >= ?"
-DELETE_SUMMARIES_FROM = "DELETE FROM summaries WHERE thread_id = ? AND through_seq >= ?"
-SELECT_LATEST_SUMMARY = f"SELECT {SUMMARY_COLUMNS} FROM summaries WHERE thread_id = ? ORDER BY through_seq DESC LIMIT 1"
-INSERT_SUMMARY = f"""
-INSERT OR IGNORE INTO summaries ({SUMMARY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-SELECT_MESSAGE_SEQ = "SELECT seq FROM messages WHERE id = ? AND thread_id = ?"
-# ?3 is the seq of the `before` message, or NULL for the newest page.
-SELECT_PAGE = f"""
-SELECT * FROM (
-    SELECT {MESSAGE_COLUMNS}
-    FROM messages
-    WHERE thread_id = ?1 AND (?3 IS NULL OR seq < ?3)
-    ORDER BY seq DESC
-    LIMIT ?2
-) ORDER BY seq"""
-DELETE_THREAD = "DELETE FROM threads WHERE id = ? AND key_name = ? AND user_id IS ?"
-# A turn is activity; its first user message names a thread that has no title yet.
-TOUCH_THREAD = "UPDATE threads SET updated_at = ?, title = COALESCE(title, ?) WHERE id = ?"
-# The thread list, newest activity first, after the position (?3, ?4). SQLite uses the
-# (key_name, user_id, updated_at, id) index for `IS` as for `=`.
-THREAD_SUMMARY_COLUMNS = """
-t.id, t.title, t.created_at, t.updated_at,
-(SELECT count(*) FROM messages m WHERE m.thread_id = t.id) AS message_count"""
-SELECT_THREADS = f"""
-SELECT {THREAD_SUMMARY_COLUMNS}
-FROM threads t
-WHERE t.key_name = ?1 AND t.user_id IS ?2 AND (t.updated_at, t.id) < (?3, ?4)
-ORDER BY t.updated_at DESC, t.id DESC
-LIMIT ?5"""
-RENAME_THREAD = "UPDATE threads SET title = ? WHERE id = ? AND key_name = ? AND user_id IS ?"
-SELECT_THREAD_SUMMARY = f"SELECT {THREAD_SUMMARY_COLUMNS} FROM threads t WHERE t.id = ?"
 # Where the first page starts: after every thread (timestamps are ISO text, compared as such).
 LIST_START = ("9999-12-31T23:59:59.999999+00:00", "")
 
@@ -192,7 +101,7 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
     # the interrupted statement. It fails only if SQLite already rolled back; keep the
     # original error then.
     try:
-        await conn.execute(ROLLBACK)
+        await conn.execute(sql.ROLLBACK)
     except sqlite3.Error:
         pass
 
@@ -226,7 +135,7 @@ class SqliteStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = await aiosqlite.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None  # we BEGIN/COMMIT
+                self.path, timeout=self._busy_timeout, isolation_level=None  # we BEGIN/sql.COMMIT
             )
         except (OSError, sqlite3.Error) as exc:
             raise _map_error(exc) from exc
@@ -245,7 +154,7 @@ class SqliteStore:
         deadline = asyncio.get_running_loop().time() + self._busy_timeout
         while True:
             try:
-                for pragma in CONNECTION_PRAGMAS:
+                for pragma in sql.CONNECTION_PRAGMAS:
                     await conn.execute_fetchall(pragma)
                 await self._migrate(conn)
                 return
@@ -259,14 +168,14 @@ class SqliteStore:
         # All pending migrations in one write transaction: another process opening the same
         # file at once waits on the lock, then finds them applied.
         try:
-            await conn.execute(BEGIN_IMMEDIATE)
-            await conn.execute(CREATE_MIGRATIONS_TABLE)
-            applied = {row[0] for row in await conn.execute_fetchall(SELECT_APPLIED_VERSIONS)}
+            await conn.execute(sql.BEGIN_IMMEDIATE)
+            await conn.execute(sql.CREATE_MIGRATIONS_TABLE)
+            applied = {row[0] for row in await conn.execute_fetchall(sql.SELECT_APPLIED_VERSIONS)}
             for migration in pending_migrations(load_migrations(self.backend), applied):
                 for statement in split_statements(migration.sql):
                     await conn.execute(statement)
-                await conn.execute(RECORD_MIGRATION, (migration.version, migration.name, _now()))
-            await conn.execute(COMMIT)
+                await conn.execute(sql.RECORD_MIGRATION, (migration.version, migration.name, _now()))
+            await conn.execute(sql.COMMIT)
         except BaseException:
             await _rollback(conn)
             raise
@@ -285,7 +194,7 @@ class SqliteStore:
             # No lock: SELECT 1 is harmless inside another task's transaction, and waiting
             # behind a long write would report a healthy database as down.
             async with asyncio.timeout(self._ping_timeout):
-                await conn.execute_fetchall(PING)
+                await conn.execute_fetchall(sql.PING)
         except Exception:
             return False
         return True
@@ -308,9 +217,9 @@ class SqliteStore:
             try:
                 # Inside the try: if the task is cancelled while BEGIN is queued, BEGIN still
                 # runs on aiosqlite's thread and must be rolled back.
-                await conn.execute(BEGIN_IMMEDIATE)
+                await conn.execute(sql.BEGIN_IMMEDIATE)
                 yield conn
-                await conn.execute(COMMIT)
+                await conn.execute(sql.COMMIT)
             except BaseException:
                 await _rollback(conn)
                 raise
@@ -335,37 +244,37 @@ class SqliteStore:
         removed = 0
         async with self._transaction() as conn:
             if cut is None:
-                await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
-            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+                await conn.execute(sql.INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
+            threads = await conn.execute_fetchall(sql.SELECT_THREAD_OWNER, (thread_id,))
             if not threads or not owner.matches(*threads[0]):
                 raise ThreadNotFound(thread_id)
             if cut is not None:
                 removed = await self._cut(conn, thread_id, cut)
-            await conn.execute(TOUCH_THREAD, (now, thread_title(new_messages), thread_id))
-            rows = await conn.execute_fetchall(SELECT_HISTORY, (thread_id, history_limit))
+            await conn.execute(sql.TOUCH_THREAD, (now, thread_title(new_messages), thread_id))
+            rows = await conn.execute_fetchall(sql.SELECT_HISTORY, (thread_id, history_limit))
             history = [_to_message(row) for row in rows]
-            summaries = await conn.execute_fetchall(SELECT_LATEST_SUMMARY, (thread_id,))
-            [(last_seq,)] = await conn.execute_fetchall(SELECT_LAST_SEQ, (thread_id,))
+            summaries = await conn.execute_fetchall(sql.SELECT_LATEST_SUMMARY, (thread_id,))
+            [(last_seq,)] = await conn.execute_fetchall(sql.SELECT_LAST_SEQ, (thread_id,))
             new_rows = turn_rows(thread_id, last_seq, new_messages, user_ids, assistant_id, writer)
-            await conn.executemany(INSERT_MESSAGE, [(*row, now) for row in new_rows])
+            await conn.executemany(sql.INSERT_MESSAGE, [(*row, now) for row in new_rows])
         summary = _to_summary(summaries[0]) if summaries else None
         return Turn(history=history, user_message_ids=user_ids, assistant_message_id=assistant_id, summary=summary, removed=removed)
 
     @staticmethod
     async def _cut(conn: aiosqlite.Connection, thread_id: str, cut: Cut) -> int:
         if cut.message_id is None:
-            found = await conn.execute_fetchall(SELECT_LAST_USER_MESSAGE, (thread_id,))
+            found = await conn.execute_fetchall(sql.SELECT_LAST_USER_MESSAGE, (thread_id,))
         else:
-            found = await conn.execute_fetchall(SELECT_CUT_MESSAGE, (cut.message_id, thread_id))
+            found = await conn.execute_fetchall(sql.SELECT_CUT_MESSAGE, (cut.message_id, thread_id))
         first = first_removed_seq(cut, tuple(found[0]) if found else None)  # type: ignore[arg-type]
-        await conn.execute(DELETE_SUMMARIES_FROM, (thread_id, first))
-        cursor = await conn.execute(DELETE_MESSAGES_FROM, (thread_id, first))
+        await conn.execute(sql.DELETE_SUMMARIES_FROM, (thread_id, first))
+        cursor = await conn.execute(sql.DELETE_MESSAGES_FROM, (thread_id, first))
         return cursor.rowcount
 
     async def cut_thread(self, thread_id: str, owner: Owner, cut: Cut) -> int:
         thread_id = scoped_thread_id(owner, thread_id)
         async with self._transaction() as conn:
-            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            threads = await conn.execute_fetchall(sql.SELECT_THREAD_OWNER, (thread_id,))
             if not threads or not owner.matches(*threads[0]):
                 raise ThreadNotFound(thread_id)
             return await self._cut(conn, thread_id, cut)
@@ -373,19 +282,19 @@ class SqliteStore:
     async def summary_of(self, thread_id: str, owner: Owner) -> Summary | None:
         thread_id = scoped_thread_id(owner, thread_id)
         async with self._connection() as conn:
-            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            threads = await conn.execute_fetchall(sql.SELECT_THREAD_OWNER, (thread_id,))
             if not threads or not owner.matches(*threads[0]):
                 raise ThreadNotFound(thread_id)
-            rows = await conn.execute_fetchall(SELECT_LATEST_SUMMARY, (thread_id,))
+            rows = await conn.execute_fetchall(sql.SELECT_LATEST_SUMMARY, (thread_id,))
         return _to_summary(rows[0]) if rows else None
 
     async def save_summary(self, thread_id: str, owner: Owner, summary: Summary) -> bool:
         thread_id = scoped_thread_id(owner, thread_id)
         async with self._transaction() as conn:
-            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            threads = await conn.execute_fetchall(sql.SELECT_THREAD_OWNER, (thread_id,))
             if not threads or not owner.matches(*threads[0]):
                 return False
-            cursor = await conn.execute(INSERT_SUMMARY, (
+            cursor = await conn.execute(sql.INSERT_SUMMARY, (
                 thread_id, summary.from_seq, summary.through_seq, summary.from_message_id, summary.through_message_id,
                 clean_text(summary.content), summary.model, summary.provider, _now(),
             ))
@@ -407,19 +316,19 @@ class SqliteStore:
         assistant_id = assistant_message_id or new_message_id()
         now = _now()
         async with self._transaction() as conn:
-            await conn.execute(INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
-            [thread] = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            await conn.execute(sql.INSERT_THREAD, (thread_id, owner.key_name, owner.user_id, now))
+            [thread] = await conn.execute_fetchall(sql.SELECT_THREAD_OWNER, (thread_id,))
             if not owner.matches(*thread):
                 raise ThreadNotFound(thread_id)
-            await conn.execute(TOUCH_THREAD, (now, thread_title([(m.role, m.content) for m in conversation]), thread_id))
-            stored = [_to_message(row) for row in await conn.execute_fetchall(SELECT_THREAD_MESSAGES, (thread_id,))]
+            await conn.execute(sql.TOUCH_THREAD, (now, thread_title([(m.role, m.content) for m in conversation]), thread_id))
+            stored = [_to_message(row) for row in await conn.execute_fetchall(sql.SELECT_THREAD_MESSAGES, (thread_id,))]
             kept = kept_start(stored, conversation)
             if kept < len(stored):
-                await conn.execute(DELETE_MESSAGES_FROM_SEQ, (thread_id, stored[kept].seq))
+                await conn.execute(sql.DELETE_MESSAGES_FROM_SEQ, (thread_id, stored[kept].seq))
             new_ids = [new_message_id() for _ in conversation[kept:]]
             last_seq = stored[kept - 1].seq if kept else 0
             rows = chat_rows(thread_id, last_seq, conversation[kept:], new_ids, assistant_id, writer)
-            await conn.executemany(INSERT_CLIENT_MESSAGE, [(*row, now) for row in rows])
+            await conn.executemany(sql.INSERT_CLIENT_MESSAGE, [(*row, now) for row in rows])
         history = replayable(stored[:kept], history_limit)
         return Turn(history=history, user_message_ids=new_ids, assistant_message_id=assistant_id)
 
@@ -443,29 +352,29 @@ class SqliteStore:
         params = (clean_text(content), status, model, provider, stop_reason, input_tokens, output_tokens,
                   cache_read_input_tokens, cache_creation_input_tokens, replay_from_seq, summary_through_seq, message_id)
         async with self._connection() as conn:
-            cursor = await conn.execute(FINISH_MESSAGE, params)
+            cursor = await conn.execute(sql.FINISH_MESSAGE, params)
             return cursor.rowcount == 1
 
     async def save_partial(self, answers: Sequence[tuple[str, str]]) -> None:
         if not answers:
             return
         async with self._connection() as conn:
-            await conn.executemany(SAVE_PARTIAL, [(clean_text(text), message_id) for message_id, text in answers])
+            await conn.executemany(sql.SAVE_PARTIAL, [(clean_text(text), message_id) for message_id, text in answers])
 
     async def heartbeat(self, writer: str) -> None:
         async with self._connection() as conn:
-            await conn.execute(HEARTBEAT, (writer, _now()))
+            await conn.execute(sql.HEARTBEAT, (writer, _now()))
 
     async def retire_writer(self, writer: str) -> None:
         async with self._connection() as conn:
-            await conn.execute(RETIRE_WRITER, (writer,))
+            await conn.execute(sql.RETIRE_WRITER, (writer,))
 
     async def close_abandoned(self, stale_after: float) -> int:
         now = datetime.now(UTC)
         alive_since = (now - timedelta(seconds=stale_after)).isoformat(timespec="microseconds")
         legacy_since = (now - timedelta(seconds=max(stale_after, LEGACY_PENDING_AFTER))).isoformat(timespec="microseconds")
         async with self._connection() as conn:
-            cursor = await conn.execute(CLOSE_ABANDONED, (alive_since, legacy_since))
+            cursor = await conn.execute(sql.CLOSE_ABANDONED, (alive_since, legacy_since))
             return cursor.rowcount
 
     async def list_messages(
@@ -474,23 +383,23 @@ class SqliteStore:
         check_limit("limit", limit)
         thread_id = scoped_thread_id(owner, thread_id)
         async with self._connection() as conn:
-            threads = await conn.execute_fetchall(SELECT_THREAD_OWNER, (thread_id,))
+            threads = await conn.execute_fetchall(sql.SELECT_THREAD_OWNER, (thread_id,))
             if not threads or not owner.matches(*threads[0]):
                 raise ThreadNotFound(thread_id)
             before_seq = None
             if before is not None:
-                found = await conn.execute_fetchall(SELECT_MESSAGE_SEQ, (before, thread_id))
+                found = await conn.execute_fetchall(sql.SELECT_MESSAGE_SEQ, (before, thread_id))
                 if not found:
                     raise ValueError(f"message {before!r} is not in thread {thread_id!r}")
                 [(before_seq,)] = found
-            rows = await conn.execute_fetchall(SELECT_PAGE, (thread_id, limit, before_seq))
+            rows = await conn.execute_fetchall(sql.SELECT_PAGE, (thread_id, limit, before_seq))
         return [_to_message(row) for row in rows]
 
     async def delete_thread(self, thread_id: str, owner: Owner) -> None:
         thread_id = scoped_thread_id(owner, thread_id)
         # Messages go with the thread (ON DELETE CASCADE, foreign_keys is on).
         async with self._connection() as conn:
-            cursor = await conn.execute(DELETE_THREAD, (thread_id, owner.key_name, owner.user_id))
+            cursor = await conn.execute(sql.DELETE_THREAD, (thread_id, owner.key_name, owner.user_id))
             deleted = cursor.rowcount
         if deleted == 0:
             raise ThreadNotFound(thread_id)
@@ -501,14 +410,14 @@ class SqliteStore:
         check_limit("limit", limit)
         after = LIST_START if before is None else (_timestamp(before.updated_at), scoped_thread_id(owner, before.thread_id))
         async with self._connection() as conn:
-            rows = await conn.execute_fetchall(SELECT_THREADS, (owner.key_name, owner.user_id, *after, limit))
+            rows = await conn.execute_fetchall(sql.SELECT_THREADS, (owner.key_name, owner.user_id, *after, limit))
         return [_to_thread_summary(row) for row in rows]
 
     async def rename_thread(self, thread_id: str, owner: Owner, title: str) -> ThreadSummary:
         thread_id = scoped_thread_id(owner, thread_id)
         async with self._transaction() as conn:
-            cursor = await conn.execute(RENAME_THREAD, (clean_text(title), thread_id, owner.key_name, owner.user_id))
+            cursor = await conn.execute(sql.RENAME_THREAD, (clean_text(title), thread_id, owner.key_name, owner.user_id))
             if cursor.rowcount == 0:
                 raise ThreadNotFound(thread_id)
-            [row] = await conn.execute_fetchall(SELECT_THREAD_SUMMARY, (thread_id,))
+            [row] = await conn.execute_fetchall(sql.SELECT_THREAD_SUMMARY, (thread_id,))
         return _to_thread_summary(row)

@@ -19,9 +19,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from service.app import create_app
 from service.settings import load_settings
-from tests.support.prompts import conversation, date_context
 from tests.conftest import ANTHROPIC_KEY, MODELS, OPENAI_KEY
 from tests.fake_upstream import FakeUpstream, Scenario
+from tests.support.prompts import conversation, date_context
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,8 +10,8 @@ import anthropic
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.support.prompts import conversation, date_context
 from tests.fake_upstream import FakeUpstream, Scenario, count_chars
+from tests.support.prompts import conversation, date_context
 
 HI: Any = [{"role": "user", "content": "Hi"}]
 KEY = "0123456789abcdef-compat"

@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.support.prompts import conversation, date_context
 from tests.fake_upstream import FakeUpstream, Scenario
+from tests.support.prompts import conversation, date_context
 
 HI = [{"role": "user", "content": "Hi"}]
 KEY = "0123456789abcdef-compat"

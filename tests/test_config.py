@@ -14,8 +14,6 @@ import pytest
 from service.settings import ConfigError, load_settings
 
 
-
-
 @pytest.mark.parametrize(
     "env, variable",
     [

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.prompts import conversation
 from tests.fake_upstream import Scenario
 from tests.storage_fixtures import StoreTarget, run_in_thread
 from tests.support.processes import ThreadedUpstream, run_service, service_env
+from tests.support.prompts import conversation
 
 STREAMS = 12
 TOKEN = "tok "

@@ -11,9 +11,9 @@ from aiohttp import web
 
 from providers.base import Message, ModelRequest, StreamEvent
 from service.answer import AnswerEnd, stream_answer
+from service.app import create_app
 from service.app_keys import REQUEST_LOG
 from service.formats.typed_sse import TypedEvents
-from service.app import create_app
 from service.outcome import Outcome, Receipt
 from tests.fake_upstream import Scenario
 

@@ -37,7 +37,12 @@ from tests.compat_wire import DONE as CHUNKS_DONE
 from tests.compat_wire import parse_chunks, parse_message_events
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
-from tests.support.processes import RunningService, ThreadedUpstream, run_service, service_env  # noqa: F401
+from tests.support.processes import (  # noqa: F401
+    RunningService,
+    ThreadedUpstream,
+    run_service,
+    service_env,
+)
 from tests.ui_stream import DONE, parse_ui_chunks
 
 ROOT = Path(__file__).resolve().parent.parent

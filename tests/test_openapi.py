@@ -24,11 +24,11 @@ from aiohttp import ClientResponse
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 
-from service.security import is_protected
 from service import __version__
-from tests.ui_stream import DONE, parse_ui_chunks
+from service.security import is_protected
 from tests.conftest import parse_events
 from tests.fake_upstream import FakeUpstream, Scenario
+from tests.ui_stream import DONE, parse_ui_chunks
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 MODEL_NAMES = ("claude-primary", "claude-backup", "gpt-fallback")  # the upstream names of conftest's MODELS

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import RunningService, ThreadedUpstream, run_service, service_env
+from tests.support.processes import (
+    RunningService,
+    ThreadedUpstream,
+    run_service,
+    service_env,
+)
 
 KEY = "frontend-0123456789abcdef"
 

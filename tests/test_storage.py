@@ -21,9 +21,9 @@ from storage import (
     Turn,
     create_store,
 )
-from storage.base import scoped_thread_id
 from storage.migrate import load_migrations, split_statements
 from storage.postgres import PostgresStore
+from storage.rows import scoped_thread_id
 from storage.sqlite import SqliteStore
 from tests.storage_fixtures import (  # noqa: F401  (fixtures are used by name)
     StoreTarget,

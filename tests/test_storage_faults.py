@@ -14,10 +14,10 @@ import pytest
 
 from service.app_keys import STORAGE
 from storage import Owner, Store, Turn
-from tests.support.prompts import conversation
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
 from tests.storage_fixtures import StoreTarget, TcpProxy, with_address
+from tests.support.prompts import conversation
 
 
 def turn(content: str, thread_id: str = "t-1") -> dict[str, Any]:

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from storage import Owner, Store, ThreadNotFound, ThreadPosition, create_store
-from storage.base import thread_title
 from storage.migrate import load_migrations
+from storage.rows import thread_title
 from tests.conftest import parse_events
 from tests.storage_fixtures import StoreTarget
 

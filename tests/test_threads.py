@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
-from tests.support.prompts import conversation
 from tests.storage_fixtures import TcpProxy, with_address
+from tests.support.prompts import conversation
 
 
 def turn(content, thread_id="t-1", **extra):

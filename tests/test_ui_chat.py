@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.prompts import conversation
 from tests.fake_upstream import Scenario
+from tests.support.prompts import conversation
 from tests.ui_stream import DONE, parse_ui_chunks, types, ui_text
 
 USER = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}

@@ -21,9 +21,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.prompts import conversation
 from tests.fake_upstream import RecordedRequest, Scenario
-from tests.support.processes import ROOT, RunningService, ThreadedUpstream, run_service, service_env
+from tests.support.processes import (
+    ROOT,
+    RunningService,
+    ThreadedUpstream,
+    run_service,
+    service_env,
+)
+from tests.support.prompts import conversation
 
 JS_DIR = ROOT / "tests" / "js"
 EXAMPLE_DIR = ROOT / "examples" / "nextjs-chat"
