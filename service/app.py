@@ -24,7 +24,6 @@ from service.app_keys import (
     SETTINGS,
     USER_LIMITER,
 )
-from service.conversations import add_thread_routes
 from service.datecontext import utc_now
 from service.errors import add_request_id, request_middleware
 from service.limits import RateLimiter
@@ -37,7 +36,7 @@ from service.settings import Settings
 from service.status import RecentActivity, add_status_routes
 from service.storage_state import storage_context
 from service.summaries import summaries_context
-from service.threads import add_thread_list_routes
+from service.threads import add_thread_routes
 from service.ui_chat import add_ui_chat_routes
 
 log = structlog.get_logger("ai_stream")
@@ -69,7 +68,6 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app.on_shutdown.append(_drain)
     add_routes(app)
     add_thread_routes(app)
-    add_thread_list_routes(app)
     add_status_routes(app)
     if settings.playground:
         add_playground_routes(app)

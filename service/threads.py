@@ -1,4 +1,4 @@
-"""The thread list and renaming: `GET /ai/threads` and `PATCH /ai/threads/{thread_id}`."""
+"""The thread routes: the list (`GET /ai/threads`), a thread's messages, renaming and deleting."""
 
 from __future__ import annotations
 
@@ -12,20 +12,23 @@ from typing import Any
 
 from aiohttp import web
 
+from providers.base import Usage
 from service.app_keys import STORAGE
 from service.body import read_json
-from service.conversations import (
-    NOT_FOUND,
-    UNAVAILABLE,
-    _query_limit,
-    _query_user_id,
-    _thread_id,
-    owner_of,
-)
+from service.conversations import MESSAGE_ID_PATTERN, NOT_FOUND, UNAVAILABLE, owner_of
 from service.errors import ApiError
+from service.formats.typed_sse import usage_fields
 from service.schemas import THREAD_ID_PATTERN
 from service.storage_state import StorageState
-from storage import StorageError, ThreadNotFound, ThreadPosition, ThreadSummary
+from storage import (
+    Owner,
+    StorageError,
+    StoredMessage,
+    Summary,
+    ThreadNotFound,
+    ThreadPosition,
+    ThreadSummary,
+)
 
 TITLE_MAX = 200
 
@@ -88,8 +91,8 @@ def _invalid(field: str, message: str) -> ApiError:
 
 
 async def list_threads(request: web.Request) -> web.Response:
-    limit = _query_limit(request)
-    owner = owner_of(request, _query_user_id(request))
+    limit = query_limit(request)
+    owner = owner_of(request, query_user_id(request))
     before = None
     if cursor := request.query.get("before"):
         try:
@@ -129,8 +132,8 @@ def clean_title(value: object) -> str:
 
 
 async def rename_thread(request: web.Request) -> web.Response:
-    thread_id = _thread_id(request)
-    owner = owner_of(request, _query_user_id(request))
+    thread_id = thread_id_of(request)
+    owner = owner_of(request, query_user_id(request))
     data = await read_json(request)
     if "title" not in data:
         raise _invalid("title", "title is required")
@@ -142,6 +145,107 @@ async def rename_thread(request: web.Request) -> web.Response:
     return web.json_response(thread_json(thread))
 
 
-def add_thread_list_routes(app: web.Application) -> None:
+def add_thread_routes(app: web.Application) -> None:
     app.router.add_get("/ai/threads", list_threads)
+    app.router.add_get("/ai/threads/{thread_id}/messages", list_messages)
     app.router.add_patch("/ai/threads/{thread_id}", rename_thread)
+    app.router.add_delete("/ai/threads/{thread_id}", delete_thread)
+
+
+def thread_id_of(request: web.Request) -> str:
+    thread_id = request.match_info["thread_id"]
+    if not THREAD_ID_PATTERN.fullmatch(thread_id):
+        raise ApiError(404, "not_found", NOT_FOUND)
+    return thread_id
+
+
+def owner_from_query(request: web.Request) -> Owner:
+    return owner_of(request, query_user_id(request))
+
+
+def query_user_id(request: web.Request) -> str | None:
+    user_id = request.query.get("user_id")
+    if user_id is not None and not 1 <= len(user_id) <= 128:
+        raise ApiError(400, "validation_error", "Invalid request: user_id must be 1-128 characters.",
+                       details=[{"field": "user_id", "message": "user_id must be 1-128 characters"}])
+    if user_id is not None and "\x00" in user_id:  # PostgreSQL text cannot hold it
+        raise ApiError(400, "validation_error", "Invalid request: user_id must not contain NUL characters.",
+                       details=[{"field": "user_id", "message": "user_id must not contain NUL characters"}])
+    return user_id
+
+
+def query_limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 200:
+        raise ApiError(400, "validation_error", "Invalid request: limit must be an integer from 1 to 200.",
+                       details=[{"field": "limit", "message": "limit must be an integer from 1 to 200"}])
+    return int(raw)
+
+
+def summary_json(summary: Summary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "from_message_id": summary.from_message_id,
+        "through_message_id": summary.through_message_id,
+        "model": summary.model,
+        "created_at": summary.created_at.isoformat().replace("+00:00", "Z") if summary.created_at else None,
+    }
+
+
+def message_json(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "model": message.model,
+        "provider": message.provider,
+        "stop_reason": message.stop_reason,
+        "status": message.status,
+        "usage": None
+        if message.input_tokens is None
+        else usage_fields(Usage(message.input_tokens, message.output_tokens or 0, message.cache_read_input_tokens or 0,
+                                message.cache_creation_input_tokens or 0)),
+        "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    thread_id = thread_id_of(request)
+    limit = query_limit(request)
+    owner = owner_from_query(request)
+    before = request.query.get("before") or None
+    if before is not None and not MESSAGE_ID_PATTERN.fullmatch(before):
+        raise _invalid("before", "before must be the id of a message in this thread")
+    state = request.app[STORAGE]
+    try:
+        with storage_errors(state):
+            await state.ensure_open()
+            # One more than asked tells whether older messages remain.
+            page = await state.store.list_messages(thread_id, owner, limit=limit + 1, before=before)
+            summary = await state.store.summary_of(thread_id, owner)
+    except ValueError:
+        raise _invalid("before", "before must be the id of a message in this thread") from None
+    has_more = len(page) > limit
+    messages = page[1:] if has_more else page
+    return web.json_response(
+        {
+            "thread_id": thread_id,
+            "messages": [message_json(m) for m in messages],
+            "has_more": has_more,
+            "next_before": messages[0].id if has_more and messages else None,
+            # Which messages the thread's summary covers (they are still listed here, but are
+            # replayed to the model as that summary); null without one.
+            "summary": summary_json(summary),
+        }
+    )
+
+
+async def delete_thread(request: web.Request) -> web.Response:
+    thread_id = thread_id_of(request)
+    owner = owner_from_query(request)
+    state = request.app[STORAGE]
+    with storage_errors(state):
+        await state.ensure_open()
+        await state.store.delete_thread(thread_id, owner)
+    return web.Response(status=204)
