@@ -1,15 +1,25 @@
-"""Soak: hundreds of concurrent streams, upstream faults and client disconnects at random.
+"""Soak: hundreds of concurrent streams with upstream faults, client disconnects and hostile clients
+at random, then the infrastructure's faults: a database outage and a SIGKILL.
 
     python -m bench.soak [--streams 5000] [--concurrency 400] [--duration 120] [--seed N]
-                         [--cut-share 0.05] [--database-url URL]   (default: a temporary SQLite file)
+                         [--cut-share 0.05] [--hostile-share 0.05] [--database-url URL]
+                         [--hostile-requests 600] [--outage-streams 1000] [--outages 3]
+                         [--restart-postgres] [--kill-streams 100]
+    (default store: a temporary SQLite file; `--database-url postgresql://...` names a scratch database)
 
 Runs the fake upstream and the service on 127.0.0.1; requests go to the typed route and, without a thread,
 also to the OpenAI- and Anthropic-compatible ones (`WIRES`). A warm-up round, then the main round (streams
-start for at most `--duration` s each). Checks every stream's events (one terminal event, last;
+start for at most `--duration` s each); a share of its requests come from hostile clients
+(bench/soak_hostile.py). Checks every stream's events (one terminal event, last;
 strict SSE; text = a prefix of the ONE answering attempt's unique tokens, all of them for `done`;
 no model after text), the stored turns (complete/error/interrupted with the streamed text, nothing
 left pending), and that tasks, live objects and memory return to the post-warm-up baseline.
-Prints a summary; exits 1 on any violation, 2 at the hard time cap. tests/test_soak.py runs it short.
+Then the phases: every hostile input against a real process with API keys (0 requests: skipped), the
+database going away under threaded load (PostgreSQL only; a proxy cut, or with --restart-postgres a real
+restart of this machine's cluster, which every other user of it feels) and SIGKILL mid-answer
+(bench/soak_phases.py). Prints a summary with, per phase, requests, violations, pending rows and
+undocumented 5xx; exits 0 only when all are zero, 1 otherwise, 2 at the hard time cap.
+tests/test_soak.py runs each part short.
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ import aiohttp
 import psutil
 from aiohttp import web
 
-from bench.soak_hostile import BODY_TIMEOUT, hostile_request
-from bench.soak_report import PhaseReport
+from bench.soak_hostile import BODY_TIMEOUT, HostilePlan, hostile_phase, hostile_request
+from bench.soak_phases import KillPlan, OutagePlan, kill_phase, outage_phase
+from bench.soak_report import PhaseReport, summary
 from bench.soak_streams import (  # noqa: F401  (Config, Stream: the soak's API, for tests/test_soak.py)
     HEADERS_TIMEOUT, MODEL_SPECS, MODELS, STREAM_TIMEOUT, Config, Ledger, Stream, answering, check_stream, run_stream,
 )
@@ -281,10 +292,10 @@ async def main(args: argparse.Namespace) -> int:
     from service.log import configure_logging
     from service.settings import load_settings
 
-    configure_logging("warning")
+    configure_logging("error")  # the phases refuse thousands of requests on purpose: warnings would drown the summary
     modes = {"read": 70, "after_k": 15, "before_first": 10, "cut": round(100 * args.cut_share)}
     cfg = Config(args.streams, args.concurrency, args.duration, min(args.streams, 2 * args.concurrency), args.seed,
-                 args.threads, modes=modes)
+                 args.threads, modes=modes, hostile_share=args.hostile_share)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         async with FakeUpstream() as upstream:
@@ -304,14 +315,37 @@ async def main(args: argparse.Namespace) -> int:
                 return 2
             finally:
                 await runner.cleanup()
-    print(f"store: {str(settings.database_url).split(':', 1)[0]}\n{run.summary(time.monotonic() - started)}")
-    return 1 if run.violations else 0
+    print(f"store: {str(settings.database_url).split(':', 1)[0]}\n{run.summary(time.monotonic() - started)}", flush=True)
+    reports = [run.report()] + await fault_phases(args)
+    print(summary(reports))
+    return 0 if all(report.ok for report in reports) else 1
+
+
+async def fault_phases(args: argparse.Namespace) -> list[PhaseReport]:
+    """The hostile clients against a real process, the database outage (PostgreSQL only) and SIGKILL."""
+    reports = []
+    if args.hostile_requests:
+        plan = HostilePlan(args.hostile_requests, min(args.concurrency, 50), args.seed, args.database_url)
+        reports.append(await asyncio.to_thread(hostile_phase, plan))
+    if args.database_url and args.database_url.startswith("postgres") and args.outage_streams:
+        outage = OutagePlan(args.database_url, args.outage_streams, args.concurrency, args.threads, args.outages,
+                            restart_postgres=args.restart_postgres)
+        reports.append(await outage_phase(outage, SERVICE_SETTINGS))
+    elif args.restart_postgres:
+        raise SystemExit("--restart-postgres needs --database-url postgresql://...")
+    if args.kill_streams:
+        reports.append(await asyncio.to_thread(kill_phase, KillPlan(args.kill_streams, database_url=args.database_url)))
+    return reports
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, kind, default in [("--streams", int, 5000), ("--concurrency", int, 400), ("--duration", float, 120.0),
                                 ("--seed", int, random.randrange(2**31)), ("--threads", int, 32),
-                                ("--cut-share", float, 0.05), ("--database-url", str, None)]:
+                                ("--cut-share", float, 0.05), ("--database-url", str, None),
+                                ("--hostile-share", float, 0.05), ("--hostile-requests", int, 600),
+                                ("--outage-streams", int, 1000), ("--outages", int, 3), ("--kill-streams", int, 100)]:
         parser.add_argument(flag, type=kind, default=default)
+    parser.add_argument("--restart-postgres", action="store_true",
+                        help="restart this machine's PostgreSQL cluster for real (pg_ctlcluster) instead of cutting a proxy")
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -16,6 +16,7 @@ import asyncio
 import json
 import random
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +229,7 @@ def hostile_phase(plan: HostilePlan) -> PhaseReport:
 async def _hostile(base: str, kinds: list[str], plan: HostilePlan) -> PhaseReport:
     report = PhaseReport("hostile clients (real process, API keys)")
     auth = {"Authorization": f"Bearer {SOAK_KEY}"}
+    threads = f"hostile-{uuid.uuid4().hex[:8]}-"
     work = [(f"h{i}", kind) for i, kind in enumerate(kinds)] + [(f"hp{i}", None) for i in range(len(kinds))]
     random.Random(f"{plan.seed}:hostile-order").shuffle(work)
     queue = iter(work)
@@ -241,7 +243,7 @@ async def _hostile(base: str, kinds: list[str], plan: HostilePlan) -> PhaseRepor
             for rid, kind in queue:
                 report.requests += 1
                 if kind is None:
-                    await _ordinary(session, base, rid, auth, report)
+                    await _ordinary(session, base, rid, f"{threads}{int(rid[2:]) % 16}", auth, report)
                     continue
                 status, problems = await hostile_request(base, kind, rid, SOAK_KEY)
                 report.counts[f"{kind} {status}"] += 1
@@ -262,8 +264,9 @@ async def _hostile(base: str, kinds: list[str], plan: HostilePlan) -> PhaseRepor
     return report
 
 
-async def _ordinary(session: aiohttp.ClientSession, base: str, rid: str, auth: dict[str, str], report: PhaseReport) -> None:
-    body = {"messages": [{"role": "user", "content": f"soak {rid}"}], "thread_id": f"hostile-{int(rid[2:]) % 16}"}
+async def _ordinary(session: aiohttp.ClientSession, base: str, rid: str, thread_id: str, auth: dict[str, str],
+                    report: PhaseReport) -> None:
+    body = {"messages": [{"role": "user", "content": f"soak {rid}"}], "thread_id": thread_id}
     async with session.post(f"{base}/ai/stream/chat", json=body, headers=auth) as resp:
         raw = await resp.read()
     report.counts[f"ordinary {resp.status}"] += 1
