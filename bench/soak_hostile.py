@@ -223,6 +223,9 @@ def hostile_phase(plan: HostilePlan) -> PhaseReport:
         except ValueError:
             report.violations.append(f"a log line is not JSON: {line[:120]}")
     report.counts["log lines"] = len(log)
+    # Not a violation (error level, no secret), but worth seeing: aiohttp logs a broken deflate body's
+    # payload error with its traceback after the 400 is sent.
+    report.counts["log lines with a traceback"] = sum('"exception"' in line for line in log)
     return report
 
 
