@@ -6,6 +6,10 @@ import logging
 import sys
 
 import structlog
+from aiohttp import http_exceptions, web_protocol
+
+# What a client's broken or cut request body raises inside aiohttp.
+_CLIENT_FAULTS = (web_protocol.RequestPayloadError, http_exceptions.ContentEncodingError)
 
 
 def configure_logging(level: str = "info", fmt: str | None = None) -> None:
@@ -46,3 +50,16 @@ def configure_logging(level: str = "info", fmt: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_client_faults_as_warnings)
+
+
+def _client_faults_as_warnings(record: logging.LogRecord) -> bool:
+    """aiohttp logs a body it could not read (a broken Content-Encoding, a connection cut
+    mid-body) as an unhandled exception with a traceback after the client already got its
+    400: a fault of the client's, logged as one warning line without the traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, _CLIENT_FAULTS):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = f"request body unreadable ({type(exc).__name__})", ()
+        record.exc_info = record.exc_text = None
+    return True

@@ -74,3 +74,17 @@ def test_every_log_line_is_one_json_object(service: RunningService) -> None:
 def test_the_service_keeps_serving_after_refused_requests(service: RunningService, tmp_path: Path) -> None:
     send(service, b"NOT-HTTP\r\n\r\n")
     assert requests.get(f"{service.base_url}/health", timeout=10).status_code == 200
+
+
+def test_a_broken_body_encoding_is_one_warning_line_without_a_traceback(service: RunningService) -> None:
+    body = b"this is not deflate"
+    status, headers, answer = send(
+        service,
+        b"POST /ai/stream/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: deflate\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
+    )
+    assert status == 400 and json.loads(answer)["code"] == "invalid_body"
+    requests.get(f"{service.base_url}/health", timeout=10)
+    events = [json.loads(line) for line in service.log_lines()]
+    assert not [e for e in events if "exception" in e or "Traceback" in json.dumps(e)]
+    assert any("request body unreadable" in e.get("event", "") and e["level"] == "warning" for e in events)

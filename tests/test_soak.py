@@ -1,5 +1,7 @@
-"""Soak, short version: a few hundred streams at once with upstream faults and client disconnects
-at random, on SQLite and PostgreSQL. The core (load, checks, measurements) is bench/soak.py, whose
+"""Soak, short version: a few hundred streams at once with upstream faults, client disconnects and
+hostile clients at random, on SQLite and PostgreSQL; then each fault phase, bounded in count: every
+hostile input against a real process with API keys, a database outage under threaded load, and a
+SIGKILL mid-answer. The core (load, checks, measurements) is bench/soak*.py, whose
 `python -m bench.soak` is the long version.
 
 Seeded: the seed is printed; rerun a failure with SOAK_SEED=<seed>. A seed fixes every fault and
@@ -9,14 +11,26 @@ every client's behaviour; timing can still change which way a race goes, never w
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bench.soak import SERVICE_SETTINGS, Config, Soak, fetch_thread, soak
+from bench.soak_hostile import (
+    HOSTILE,
+    SOAK_KEY,
+    Answer,
+    HostilePlan,
+    check,
+    hostile_phase,
+)
+from bench.soak_phases import KillPlan, OutagePlan, kill_phase, outage_phase
 from tests.conftest import parse_events
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.storage_fixtures import StoreTarget, TcpProxy, with_address
@@ -33,8 +47,25 @@ async def service(make_client: Any, store_target: StoreTarget) -> tuple[str, int
     return str(client.make_url("")).rstrip("/"), client.port
 
 
+@pytest.fixture
+def aiohttp_server_records_unkept() -> Iterator[list[str]]:
+    """aiohttp's own server log (a broken deflate body makes it log the payload's error after the
+    400 is sent) kept as messages only: pytest's log capture would keep each record's traceback,
+    hence its frames and request, which the soak then counts as a request outliving its stream."""
+    messages: list[str] = []
+
+    def keep_message_only(record: logging.LogRecord) -> bool:
+        messages.append(f"{record.levelname} {record.getMessage()}")
+        return False
+
+    logger = logging.getLogger("aiohttp.server")
+    logger.addFilter(keep_message_only)
+    yield messages
+    logger.removeFilter(keep_message_only)
+
+
 async def test_soak_streams_storage_and_resources(
-    make_client: Any, fake_upstream: FakeUpstream, store_target: StoreTarget
+    make_client: Any, fake_upstream: FakeUpstream, store_target: StoreTarget, aiohttp_server_records_unkept: list[str]
 ) -> None:
     print(f"SOAK_SEED={SEED} ({store_target.backend})")
     base, port = await service(make_client, store_target)
@@ -44,10 +75,13 @@ async def test_soak_streams_storage_and_resources(
     started = time.monotonic()
     run = await soak(base, fake_upstream, port, cfg)
     summary = run.summary(time.monotonic() - started)
-    print(summary)
+    print(f"{summary}\naiohttp's server log: {aiohttp_server_records_unkept}")
     assert not run.violations, f"SOAK_SEED={SEED}\n{summary}"
     main_round = sum(run.counts["outcomes"].values()) - cfg.warmup
     assert main_round == cfg.streams, summary
+    report = run.report()
+    assert report.ok and report.requests == cfg.streams + cfg.warmup, report.line()
+    assert run.counts["outcomes"]["hostile client refused"] > 0, summary  # the mix reached the service
 
 
 # A client cut while its turn is being stored must not leave the reserved answer `pending` (a bug the
@@ -58,7 +92,7 @@ async def test_request_cut_while_its_turn_is_stored_leaves_no_pending_row(
 ) -> None:
     print(f"SOAK_SEED={SEED} ({store_target.backend})")
     base, port = await service(make_client, store_target)
-    cfg = Config(concurrency=1, duration=5.0, seed=SEED, threads=4, thread_share=1.0, modes={"read": 1})
+    cfg = Config(concurrency=1, duration=5.0, seed=SEED, threads=4, thread_share=1.0, modes={"read": 1}, hostile_share=0.0)
     run, started = Soak(base, fake_upstream, port, cfg), time.monotonic()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
         # Storing a turn ends just before the headers: cut requests around the usual time to headers,
@@ -104,3 +138,50 @@ async def test_answer_whose_write_failed_does_not_stay_pending(
             ("user", "complete", "hi"), ("assistant", "error", "Hello,")]
     finally:
         await proxy.stop()
+
+
+def test_hostile_clients_against_a_real_process() -> None:
+    report = hostile_phase(HostilePlan(requests=120, concurrency=20, seed=SEED))
+    print(f"SOAK_SEED={SEED}\n{report.line()}")
+    assert report.ok, report.line()
+    kinds = {name.rsplit(" ", 1)[0] for name in report.counts}
+    assert set(HOSTILE) <= kinds, f"kinds never sent: {set(HOSTILE) - kinds}"
+    assert report.counts["ordinary 200"] == 120 and report.counts["key guess 429"] == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "wrong"),
+    [
+        (Answer(500, {"content-type": "text/plain"}, b"500 Internal Server Error", b""), "deep_nesting", "HTTP 500"),
+        (Answer(400, {"content-type": "application/json"}, b'{"error": "x", "code": "invalid_json", "details": []}',
+                f"Authorization: Bearer {SOAK_KEY}".encode()), "oversized_auth", "repeats a key"),
+        (Answer(400, {"content-type": "application/json"}, b'{"error": "x", "code": "validation_error", '
+                b'"details": [{"field": "messages"}]}', b""), "surrogate_system", "not system"),
+        (Answer(408, {"content-type": "application/json"}, b'{"error": "x", "code": "body_timeout", "details": []}',
+                b""), "slow_body", "kept open"),
+    ],
+)
+def test_the_hostile_checks_catch_a_wrong_answer(answer: Answer, kind: str, wrong: str) -> None:
+    problems = check(kind, answer, SOAK_KEY)
+    assert any(wrong in p for p in problems), problems
+
+
+async def test_database_outage_under_threaded_load(pg_url: str) -> None:
+    plan = OutagePlan(pg_url, streams=240, concurrency=60, threads=12, outages=2, outage_seconds=0.5)
+    report = await outage_phase(plan, SERVICE_SETTINGS)
+    print(report.line())
+    assert report.ok, report.line()
+    assert report.counts["outages"] == 2 and report.requests == 240
+    # The outages hit the load: some turns were refused, some answered.
+    assert report.counts["503 storage_unavailable"] > 0 and report.counts["done"] > 0, report.line()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sigkill_mid_answer_then_a_new_process(backend: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    report = kill_phase(KillPlan(streams=8, database_url=url))
+    print(report.line())
+    assert report.ok, report.line()
+    assert report.counts["pending after the kill"] == 8  # the kill left every answer open
+    assert report.counts["interrupted with the text seen"] == 8
+    assert report.counts["next turn with roles alternating"] == 8
