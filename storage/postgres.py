@@ -208,22 +208,8 @@ class PostgresStore:
         assistant_id = assistant_message_id or new_message_id()
         removed = 0
         async with self._connection() as conn, conn.transaction():
-            thread = None
-            if cut is not None:  # a cut needs the thread: it is not created
-                thread = await conn.fetchrow(sql.LOCK_THREAD, thread_id)
-                if thread is None:
-                    raise ThreadNotFound(thread_id)
-            # The row may vanish between insert and lock if the thread is deleted right then;
-            # inserting again makes a fresh thread, as a request a moment later would.
-            for _ in range(3 if thread is None else 0):
-                await conn.execute(sql.INSERT_THREAD, thread_id, owner.key_name, owner.user_id)
-                thread = await conn.fetchrow(sql.LOCK_THREAD, thread_id)
-                if thread is not None:
-                    break
-            if thread is None:
-                raise StorageError("thread was deleted repeatedly while being written")
-            if not owner.matches(thread["key_name"], thread["user_id"]):
-                raise ThreadNotFound(thread_id)
+            # A cut needs the thread as it is: it is not created.
+            await self._claim_thread(conn, thread_id, owner, create=cut is None)
             if cut is not None:
                 removed = await self._cut(conn, thread_id, cut)
             await conn.execute(sql.TOUCH_THREAD, thread_id, thread_title(new_messages))
@@ -306,11 +292,15 @@ class PostgresStore:
         return Turn(history=history, user_message_ids=new_ids, assistant_message_id=assistant_id)
 
     @staticmethod
-    async def _claim_thread(conn: asyncpg.Connection, thread_id: str, owner: Owner) -> None:
-        """Create the thread if it is new and lock its row; ThreadNotFound if another owns it."""
-        thread = None
-        # The row may vanish between insert and lock if the thread is deleted right then.
-        for _ in range(3):
+    async def _claim_thread(conn: asyncpg.Connection, thread_id: str, owner: Owner, *, create: bool = True) -> None:
+        """Lock the thread's row, creating the thread first if it is new (unless `create` is
+        false); ThreadNotFound if it is missing or another owns it."""
+        thread = None if create else await conn.fetchrow(sql.LOCK_THREAD, thread_id)
+        if thread is None and not create:
+            raise ThreadNotFound(thread_id)
+        # The row may vanish between insert and lock if the thread is deleted right then;
+        # inserting again makes a fresh thread, as a request a moment later would.
+        for _ in range(3 if create else 0):
             await conn.execute(sql.INSERT_THREAD, thread_id, owner.key_name, owner.user_id)
             thread = await conn.fetchrow(sql.LOCK_THREAD, thread_id)
             if thread is not None:
