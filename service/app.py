@@ -30,6 +30,7 @@ from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.openai_api import add_openai_routes
 from service.playground import add_playground_routes
+from service.redis_link import redis_context
 from service.routes import add_routes
 from service.security import access_middleware, setup_cors
 from service.settings import Settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         rpm_setting="AI_USER_RATE_LIMIT_RPM",
         streams_setting="AI_USER_MAX_CONCURRENT_STREAMS",
     )
+    app.cleanup_ctx.append(redis_context)
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(_models)
     app.cleanup_ctx.append(summaries_context)  # after the models: its cleanup runs before theirs

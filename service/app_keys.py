@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from service.answer import Cutoff
     from service.limits import RateLimiter
     from service.metrics import Metrics
+    from service.redis_link import RedisLink
     from service.settings import Settings
     from service.status import RecentActivity
     from service.storage_state import StorageState
@@ -35,6 +36,9 @@ ACTIVITY: web.AppKey[RecentActivity] = web.AppKey("activity")
 STORAGE: web.AppKey[StorageState] = web.AppKey("storage")
 # Answers being written to the store; shutdown waits for them before closing it.
 PENDING_WRITES: web.AppKey[set[asyncio.Task[bool]]] = web.AppKey("pending_writes")
+
+# The link to Redis (REDIS_URL), through which replicas share state; unconfigured without it.
+REDIS: web.AppKey[RedisLink] = web.AppKey("redis")
 
 # What time it is (an aware datetime), for the date context; tests set their own clock.
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

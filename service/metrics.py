@@ -70,6 +70,14 @@ class Metrics:
         self.open_streams = Gauge(
             "ai_stream_open_answers", "Answers in progress.", registry=r, multiprocess_mode="livesum"
         )
+        self.redis_up = Gauge(
+            "ai_stream_redis_up", "1 while Redis (REDIS_URL) answers, 0 while it is down (worst worker).",
+            registry=r, multiprocess_mode="livemin",
+        )
+        self.redis_failures = Counter(
+            "ai_stream_redis_failures", "Redis commands that failed, by operation (state fell back to per process).",
+            ["operation"], registry=r,
+        )
         self.circuit = Gauge(
             "ai_stream_model_circuit_state", "Circuit state per model: 0 closed, 1 half open, 2 open (worst worker).",
             ["model"], registry=r, multiprocess_mode="livemax",

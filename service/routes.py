@@ -10,7 +10,7 @@ from aiohttp import web
 
 from providers.base import Message, ModelRequest
 from service import __version__
-from service.app_keys import CHAIN, IN_FLIGHT, METRICS, REGISTRY, SETTINGS, STORAGE
+from service.app_keys import CHAIN, IN_FLIGHT, METRICS, REDIS, REGISTRY, SETTINGS, STORAGE
 from service.asking import Asked, answer, chain_for
 from service.body import invalid, read_json, validate
 from service.errors import ApiError
@@ -123,8 +123,9 @@ async def health(request: web.Request) -> web.Response:
     ]
     primary = registry.info[0]
     storage = request.app[STORAGE]
-    # degraded: a configured model cannot be used (no credentials) or the store is not answering.
-    ok = storage.ok and all(info.has_credentials for info in registry.info)
+    redis = request.app[REDIS].status()
+    # degraded: a configured model cannot be used (no credentials), or the store or Redis is not answering.
+    ok = storage.ok and redis["ok"] and all(info.has_credentials for info in registry.info)
     return web.json_response(
         {
             "status": "ok" if ok else "degraded",
@@ -137,6 +138,7 @@ async def health(request: web.Request) -> web.Response:
             "endpoints": endpoints,
             "open_streams": len(request.app[IN_FLIGHT]),
             "storage": {"backend": storage.store.backend, "ok": storage.ok},
+            "redis": redis,
             "version": __version__,
         }
     )

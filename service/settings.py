@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     )
     cooldown_failures: int = Field(3, ge=1, validation_alias=AliasChoices("AI_COOLDOWN_FAILURES", "cooldown_failures"))
     cooldown_seconds: float = Field(30.0, ge=0, validation_alias=AliasChoices("AI_COOLDOWN_SECONDS", "cooldown_seconds"))
+    # Shared state across replicas (resumable answers, limits, leases, circuits); None: per process.
+    redis_url: str | None = Field(None, min_length=1, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    # Every key the service writes starts with it: replicas of one deployment share it, others sharing the Redis do not.
+    redis_key_prefix: str = Field("ai-stream:", min_length=1, validation_alias=AliasChoices("AI_REDIS_KEY_PREFIX", "redis_key_prefix"))
+    redis_check_interval: PositiveSeconds = Field(1.0, validation_alias=AliasChoices("AI_REDIS_CHECK_INTERVAL", "redis_check_interval"))
     workers: int = Field(1, ge=1, le=64, validation_alias=AliasChoices("AI_WORKERS", "workers"))
     metrics_public: bool = Field(True, validation_alias=AliasChoices("AI_METRICS_PUBLIC", "metrics_public"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))

@@ -27,7 +27,7 @@ ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """Tests configure the service explicitly; nothing leaks in from the machine's environment."""
     for name in list(os.environ):
-        if name.startswith(("AI_", "ANTHROPIC_", "OPENAI_")) or name in ("DATABASE_URL", "HOST", "PORT"):
+        if name.startswith(("AI_", "ANTHROPIC_", "OPENAI_")) or name in ("DATABASE_URL", "REDIS_URL", "HOST", "PORT"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env file, and the default SQLite file lands here
 
