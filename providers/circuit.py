@@ -1,4 +1,9 @@
-"""Circuit breaking: a model that keeps failing is left alone for a while, then probed once."""
+"""Circuit breaking: a model that keeps failing is left alone for a while, then probed once.
+
+Only the model's own failures move a circuit. With several replicas a circuit can also be told
+what another replica's circuit of the same model did (`open_for`, `close`); `on_change` hears
+of this circuit's own openings and closings, to tell the others.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from collections.abc import Callable
 from typing import Literal
 
 State = Literal["closed", "open", "half_open"]
+# Told "open" (with the cool-down in seconds) when the circuit opens, "closed" when it closes.
+Listener = Callable[[Literal["open", "closed"], float], None]
 
 
 class Circuit:
@@ -14,7 +21,7 @@ class Circuit:
     for `cooldown` seconds; then one request at a time may probe it (half open) until one
     succeeds (closed again) or fails (open again)."""
 
-    __slots__ = ("failures_to_open", "cooldown", "clock", "failures", "open_until", "probing")
+    __slots__ = ("failures_to_open", "cooldown", "clock", "failures", "open_until", "probing", "on_change")
 
     def __init__(self, failures_to_open: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.failures_to_open = failures_to_open
@@ -23,6 +30,7 @@ class Circuit:
         self.failures = 0
         self.open_until = 0.0
         self.probing = False
+        self.on_change: Listener | None = None
 
     @property
     def state(self) -> State:
@@ -41,14 +49,29 @@ class Circuit:
         return False
 
     def succeeded(self) -> None:
+        was_open = self.failures >= self.failures_to_open
         self.failures = 0
         self.probing = False
+        if was_open and self.on_change is not None:
+            self.on_change("closed", 0.0)
 
     def failed(self) -> None:
         self.failures += 1
         self.probing = False
         if self.failures >= self.failures_to_open:
             self.open_until = self.clock() + self.cooldown
+            if self.on_change is not None:
+                self.on_change("open", self.cooldown)
+
+    def open_for(self, seconds: float) -> None:
+        """Another replica's circuit of this model opened: skip it for `seconds` here too."""
+        self.failures = max(self.failures, self.failures_to_open)
+        self.open_until = max(self.open_until, self.clock() + seconds)
+
+    def close(self) -> None:
+        """Another replica's probe of this model succeeded: use it here again."""
+        self.failures = 0
+        self.open_until = 0.0
 
     def released(self) -> None:
         """The request ended without a verdict (the client left): let another probe."""

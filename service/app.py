@@ -17,6 +17,7 @@ from service.app_keys import (
     ACTIVITY,
     CHAIN,
     CLOCK,
+    FAILED_LOGINS,
     IN_FLIGHT,
     LIMITER,
     METRICS,
@@ -26,7 +27,7 @@ from service.app_keys import (
 )
 from service.datecontext import utc_now
 from service.errors import add_request_id, request_middleware
-from service.limits import RateLimiter
+from service.limits import FailedLogins, RateLimiter
 from service.metrics import Metrics
 from service.openai_api import add_openai_routes
 from service.playground import add_playground_routes
@@ -34,6 +35,8 @@ from service.redis_link import redis_context
 from service.routes import add_routes
 from service.security import access_middleware, setup_cors
 from service.settings import Settings
+from service.shared_circuits import shared_circuits_context
+from service.shared_limits import shared_limits_context
 from service.status import RecentActivity, add_status_routes
 from service.storage_state import storage_context
 from service.summaries import summaries_context
@@ -59,12 +62,16 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         settings.user_rate_limit_rpm,
         settings.user_max_concurrent_streams,
         0,  # the total is the clients' limiter's
+        kind="user",
         rpm_setting="AI_USER_RATE_LIMIT_RPM",
         streams_setting="AI_USER_MAX_CONCURRENT_STREAMS",
     )
+    app[FAILED_LOGINS] = FailedLogins(settings.auth_failures_per_minute)
     app.cleanup_ctx.append(redis_context)
+    app.cleanup_ctx.append(shared_limits_context)
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(_models)
+    app.cleanup_ctx.append(shared_circuits_context)  # after the models: it shares their circuits
     app.cleanup_ctx.append(summaries_context)  # after the models: its cleanup runs before theirs
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_drain)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from providers.factory import ModelRegistry
     from providers.fallback import FallbackChain
     from service.answer import Cutoff
-    from service.limits import RateLimiter
+    from service.limits import FailedLogins, RateLimiter
     from service.metrics import Metrics
     from service.redis_link import RedisLink
     from service.settings import Settings
@@ -30,6 +30,8 @@ IN_FLIGHT: web.AppKey[weakref.WeakSet[Cutoff]] = web.AppKey("in_flight")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 # Limits of the end users that backends forward (`key:user_id`).
 USER_LIMITER: web.AppKey[RateLimiter] = web.AppKey("user_limiter")
+# Failed authentications per remote address.
+FAILED_LOGINS: web.AppKey[FailedLogins] = web.AppKey("failed_logins")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # A few minutes of answer totals for the status page (fed by Metrics.record_answer).
 ACTIVITY: web.AppKey[RecentActivity] = web.AppKey("activity")

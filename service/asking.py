@@ -97,8 +97,8 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
     user_limiter = request.app[USER_LIMITER]
     end_user = end_user_of(request, asked.user_id) if asked.user_id is not None else None
     if end_user is not None:
-        user_limiter.admit(end_user)
-    with user_limiter.stream(end_user) if end_user is not None else _NO_SLOT:
+        await user_limiter.admit(end_user)
+    async with user_limiter.stream(end_user) if end_user is not None else _NO_SLOT:
         model_request = asked.model_request
         if settings.date_context and asked.date_context:
             # After the stable prefix (see providers/prompt.py), so that it never breaks a prompt cache.
@@ -176,10 +176,10 @@ def _and_summarize(
 class _NoSlot:
     __slots__ = ()
 
-    def __enter__(self) -> None:
+    async def __aenter__(self) -> None:
         return None
 
-    def __exit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         return None
 
 

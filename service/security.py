@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 import aiohttp_cors
 from aiohttp import web
 
-from service.app_keys import LIMITER, THREAD_OWNER
+from service.app_keys import FAILED_LOGINS, LIMITER, THREAD_OWNER
 from service.errors import ApiError
-from service.limits import FailedLogins, client_of
+from service.limits import client_of
 from service.settings import ApiKey, Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,7 +49,6 @@ def access_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamR
     its frame lives as long as each stream does)."""
     keys = [(_digest(key.key), key) for key in settings.api_keys]
     metrics_public = settings.metrics_public
-    failed_logins = FailedLogins(settings.auth_failures_per_minute)
 
     @web.middleware
     async def access(
@@ -63,20 +62,21 @@ def access_middleware(settings: Settings) -> Callable[..., Awaitable[web.StreamR
         # No keys configured: open (only allowed on loopback or with AI_ALLOW_UNAUTHENTICATED).
         if keys and (api or (path == "/metrics" and not metrics_public)):
             address = request.remote or "unknown"
+            failed_logins = request.app[FAILED_LOGINS]
             failed_logins.check(address)
             try:
                 request[THREAD_OWNER] = _key_name(keys, request)
             except ApiError:
-                failed_logins.failed(address)
+                await failed_logins.failed(address)
                 raise
         if api:
             client = client_of(request)
             limiter = request.app[LIMITER]
-            limiter.admit(client)
+            await limiter.admit(client)
             if getattr(request.match_info.handler, "opens_answer", False):
                 # The client's stream slot is taken before its body is read, so a slow body
                 # counts against its limit from the first byte.
-                with limiter.stream(client):
+                async with limiter.stream(client):
                     return await handler(request)
         return await handler(request)
 

@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     # Every key the service writes starts with it: replicas of one deployment share it, others sharing the Redis do not.
     redis_key_prefix: str = Field("ai-stream:", min_length=1, validation_alias=AliasChoices("AI_REDIS_KEY_PREFIX", "redis_key_prefix"))
     redis_check_interval: PositiveSeconds = Field(1.0, validation_alias=AliasChoices("AI_REDIS_CHECK_INTERVAL", "redis_check_interval"))
+    # How long a replica's open-stream slot outlives it on Redis when it dies without giving it back
+    # (refreshed every third of it while the stream runs).
+    lease_ttl: float = Field(30.0, ge=0.3, le=3600, validation_alias=AliasChoices("AI_LEASE_TTL", "lease_ttl"))
+    # The most a request waits on Redis for a limit before it falls back to this process's own count.
+    redis_limit_timeout: PositiveSeconds = Field(
+        0.25, le=5, validation_alias=AliasChoices("AI_REDIS_LIMIT_TIMEOUT", "redis_limit_timeout")
+    )
     workers: int = Field(1, ge=1, le=64, validation_alias=AliasChoices("AI_WORKERS", "workers"))
     metrics_public: bool = Field(True, validation_alias=AliasChoices("AI_METRICS_PUBLIC", "metrics_public"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))
