@@ -196,7 +196,7 @@ class StreamSlot:
             self._lease = None
             shared = self._limiter.shared
             assert shared is not None
-            await shared.release(lease)
+            shared.release(lease)
 
 
 class FailedLogins:

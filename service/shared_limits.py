@@ -28,15 +28,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import structlog
 from aiohttp import web
 
 from service.app_keys import FAILED_LOGINS, LIMITER, REDIS, SETTINGS, USER_LIMITER
 
 if TYPE_CHECKING:
     from service.redis_link import RedisLink
-
-log = structlog.get_logger("ai_stream")
 
 # KEYS[1]: the bucket. ARGV[1]: requests a minute; ARGV[2]: 'take' (a request: refused when
 # empty) or 'spend' (a failed login: counted whatever the balance).
@@ -129,6 +126,8 @@ class SharedLimits:
         self._held: dict[str, Lease] = {}  # this process's open leases, to refresh
         self._refreshing = False
         self._released_while_refreshing: list[Lease] = []
+        self._to_remove: list[Lease] = []  # given back, not yet removed from Redis
+        self._remover: asyncio.Task[None] | None = None
 
     async def take(self, kind: str, name: str, rpm: int, *, spend: bool = False) -> float | None:
         """One token of `name`'s bucket: 0 when taken, else the seconds until there is one
@@ -172,13 +171,26 @@ class SharedLimits:
         an outage, taken there or not)."""
         self._held[lease.id] = lease
 
-    async def release(self, lease: Lease) -> None:
-        """Give `lease` back. Should Redis not hear of it, it expires within AI_LEASE_TTL."""
+    def release(self, lease: Lease) -> None:
+        """Give `lease` back, without waiting: the leases given back while one removal is on its
+        way go together in the next (one round trip for many under load). Nothing can stop it
+        once called; should Redis not hear of it, the lease expires within AI_LEASE_TTL."""
         self._held.pop(lease.id, None)
         if self._refreshing:
             self._released_while_refreshing.append(lease)  # the refresh in flight may put it back
-        if self.link.up:
-            await self._remove([lease])
+        if not self.link.up:
+            return
+        self._to_remove.append(lease)
+        if self._remover is None:
+            self._remover = asyncio.get_running_loop().create_task(self._remove_released(), name="redis-lease-release")
+
+    async def _remove_released(self) -> None:
+        try:
+            while self._to_remove:
+                batch, self._to_remove = self._to_remove, []
+                await self._remove(batch)
+        finally:
+            self._remover = None
 
     async def _remove(self, leases: list[Lease]) -> None:
         assert self.link.client is not None
@@ -220,6 +232,12 @@ class SharedLimits:
             await asyncio.sleep(self.refresh_interval)
             await self.refresh()
 
+    async def flush(self) -> None:
+        """Wait for the leases given back to be removed (at shutdown, before the link closes)."""
+        if self._remover is not None:
+            with contextlib.suppress(Exception):
+                await self._remover
+
     @property
     def held(self) -> int:
         return len(self._held)
@@ -241,3 +259,4 @@ async def shared_limits_context(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await shared.flush()

@@ -26,6 +26,8 @@ SLOW = Scenario(tokens=["tok "] * 400, token_delay=0.05)
 @contextmanager
 def replicas(upstream: ThreadedUpstream, tmp_path: Path, **settings: str) -> Iterator[tuple[RunningService, RunningService]]:
     """Replicas A and B, each in a directory (and with a log) of its own."""
+    # A test machine's busy event loop must not pass for a stalled Redis.
+    settings.setdefault("AI_REDIS_LIMIT_TIMEOUT", "1")
     workdirs = [tmp_path / "a", tmp_path / "b"]
     for workdir in workdirs:
         workdir.mkdir()
