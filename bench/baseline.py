@@ -1,11 +1,13 @@
 """The bare relay the service is measured against: the least code that does the same job.
 
-    python -m bench.baseline --port 8100 --upstream http://127.0.0.1:PORT
+    python -m bench.baseline --port 8100 --upstream http://127.0.0.1:PORT [--loop asyncio|uvloop]
 
 `POST /ai/stream/generate` `{"prompt": ..., "model"?: ...}` makes one streaming call to the
 Anthropic Messages endpoint over one shared `aiohttp.ClientSession` and re-emits each text
 delta as `data: {"type":"content","text":...}`, then one `done` event. No SDK, no validation,
-no fallback, no storage, no logging. `GET /health` answers `ok`.
+no fallback, no storage, no logging. `GET /health` answers `ok`. `--loop uvloop` runs it on
+uvloop's event loop instead of asyncio's default one, so that the service can be compared with
+it on the same loop whichever it runs on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from bench.common import raise_nofile_limit
+from bench.common import LOOPS, new_event_loop, raise_nofile_limit
 
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -91,10 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL of the Anthropic-compatible server")
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="event loop (default: asyncio's)")
     args = parser.parse_args()
     raise_nofile_limit()
     web.run_app(
         create_app(args.upstream),
+        loop=new_event_loop(args.loop)(),
         host="127.0.0.1",
         port=args.port,
         handler_cancellation=True,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import signal
 import socket
+from collections.abc import Callable
 from types import FrameType
+
+LOOPS = ("asyncio", "uvloop")
 
 
 def raise_nofile_limit() -> int:
@@ -34,3 +38,17 @@ def interrupt_on_sigterm() -> None:
         signal.signal(sig, interrupt)
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # started in the background by a shell
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def new_event_loop(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The factory of the event loop `name` (`asyncio`: the standard library's default loop;
+    `uvloop`: libuv's, from the `uvloop` package); SystemExit with the fix when it is missing."""
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    if name != "uvloop":
+        raise SystemExit(f"unknown event loop {name!r}: choose one of {', '.join(LOOPS)}")
+    try:
+        import uvloop
+    except ImportError:
+        raise SystemExit("the uvloop event loop was asked for but uvloop is not installed: pip install uvloop") from None
+    return uvloop.new_event_loop

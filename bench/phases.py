@@ -1,4 +1,5 @@
-"""The relay benchmark's measurements, each against a freshly started server process.
+"""The relay benchmark's first measurements, each against a freshly started server process,
+and `Bench`, what every phase gets (`bench.costs`, `bench.capacity`, `bench.startup` hold the rest).
 
 `measure_load`: CPU per relayed token, then time to first token at each concurrency level;
 `measure_memory`: RSS at rest and with idle streams held open; `compare_workers`: service
@@ -10,48 +11,19 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from bench.common import free_port
+from bench.config import IDLE_MODEL, Config
 from bench.load import client_session, idle_streams, run_load, wait_until
 from bench.procs import Processes, Server, ServerFailed, start_server
 
 GENERATE = "/ai/stream/generate"
 PROMPT = {"prompt": "Tell me a story about a relay."}
-IDLE_PROMPT = {"prompt": "x", "model": "idle"}
-
-
-@dataclass
-class Config:
-    """Sizes of a run: the defaults, or `Config.quick()` for a short one."""
-
-    tokens: int = 200
-    token_delay: float = 0.0  # seconds between upstream tokens; 0 makes every stream a firehose
-    warmup: int = 200
-    concurrency: int = 50
-    requests: int = 2000
-    ttft_levels: list[tuple[int, int]] = field(default_factory=lambda: [(1, 200), (50, 1000), (500, 1000)])
-    idle: int = 1000
-    workers: int | None = None
-    workers_compare: bool = False
-    compare_concurrency: int = 100
-    compare_requests: int = 1000
-    phase_time_limit: float = 90.0
-    python: str | None = None  # interpreter of the service and the baseline (None: this one)
-    pin: bool = True  # the measured server on a CPU of its own (see `bench.procs.Placement`)
-
-    @classmethod
-    def quick(cls) -> Config:
-        return cls(
-            warmup=50,
-            requests=300,
-            ttft_levels=[(1, 50), (50, 200), (500, 500)],
-            compare_requests=300,
-            phase_time_limit=30.0,
-        )
+IDLE_PROMPT = {"prompt": "x", "model": IDLE_MODEL}
 
 
 def process_cpu(pid: int) -> float:
@@ -76,12 +48,32 @@ class Bench:
     def upstream_port(self) -> int:
         return int(self.upstream_url.rsplit(":", 1)[1])
 
-    async def fresh_server(self, kind: str, workers: int | None = None) -> Server:
-        """A new server process; the service gets `--workers` (0: no flag; None: the configured one)."""
-        if kind == "service" and workers is None:
-            workers = self.cfg.workers
+    async def fresh_server(
+        self,
+        kind: str,
+        workers: int | None = None,
+        *,
+        loop: str | None = None,
+        env: dict[str, str] | None = None,
+        shipped_limits: bool = False,
+        poll: float = 0.1,
+    ) -> Server:
+        """A new server process; the service gets `--workers` (0: no flag; None: the configured one)
+        and runs on `--service-loop` unless `loop` says otherwise; the baseline on `loop` (asyncio
+        when None)."""
+        if kind == "service":
+            workers = self.cfg.workers if workers is None else workers
+            loop = loop or self.cfg.service_loop
         return await start_server(
-            self.procs, kind, self.upstream_url, free_port(), workers if kind == "service" else None
+            self.procs,
+            kind,
+            self.upstream_url,
+            free_port(),
+            workers if kind == "service" else None,
+            loop=loop,
+            env=env,
+            shipped_limits=shipped_limits,
+            poll=poll,
         )
 
 

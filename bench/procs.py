@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import os
 import select
 import signal
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+
+from bench.config import IDLE_MODEL, MAIN_MODEL, ONE_MODEL, PACED_MODEL, RATE_MODEL, Config
 
 ROOT = Path(__file__).resolve().parent.parent
 _SERVICE_ENV_PREFIXES = ("AI_", "ANTHROPIC_", "OPENAI_")
@@ -87,6 +90,8 @@ class Server:
     proc: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    started_at: float = 0.0  # time.monotonic() just before the process was started
+    healthy_after: float = math.nan  # seconds from start until /health first answered 200
 
     def processes(self) -> list[psutil.Process]:
         """The process and its children (workers), as psutil sees them now."""
@@ -126,6 +131,24 @@ class Server:
                 continue
             count += sum(1 for c in conns if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
         return count
+
+    def loaded(self, *names: str) -> dict[str, bool]:
+        """Whether each of `names` (a package with a compiled module: `uvloop`, `orjson`) is
+        loaded in the process tree, as its memory map shows: which loop and codec it really runs."""
+        found = dict.fromkeys(names, False)
+        for process in self.processes():
+            try:
+                maps = Path(f"/proc/{process.pid}/maps").read_text()
+            except OSError:
+                continue
+            for name in names:
+                found[name] = found[name] or f"/{name}/" in maps
+        return found
+
+    def runtime(self) -> dict[str, str | bool]:
+        """The event loop (`uvloop` or `asyncio`) and whether orjson is loaded, from the memory map."""
+        loaded = self.loaded("uvloop", "orjson")
+        return {"loop": "uvloop" if loaded["uvloop"] else "asyncio", "orjson": loaded["orjson"]}
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -228,8 +251,9 @@ def read_first_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return data.decode().strip()
 
 
-async def wait_healthy(server: Server, timeout: float = 30.0) -> None:
-    """Poll GET /health until it answers 200; ServerFailed if the process exits or time runs out."""
+async def wait_healthy(server: Server, timeout: float = 30.0, poll: float = 0.1) -> None:
+    """Poll GET /health every `poll` s until it answers 200; ServerFailed if the process exits or
+    time runs out."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while time.monotonic() < deadline:
@@ -241,65 +265,92 @@ async def wait_healthy(server: Server, timeout: float = 30.0) -> None:
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(poll)
     raise ServerFailed(f"{server.name} not healthy within {timeout:.0f} s:\n{server.log_tail()}")
 
 
 def start_upstream(
-    procs: Processes, tokens: int, token_delay: float, max_seconds: float
+    procs: Processes, cfg: Config, max_seconds: float
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """The fake upstream process and its base URL."""
-    args = [
-        "-m",
-        "bench.upstream",
-        "--tokens",
-        str(tokens),
-        "--token-delay",
-        str(token_delay),
-        "--max-seconds",
-        str(max_seconds),
-    ]
+    """The fake upstream process (on the rig's event loop) and its base URL."""
+    args = ["-m", "bench.upstream", "--tokens", str(cfg.tokens), "--token-delay", str(cfg.token_delay)]
+    args += [f"--scenario={scenario}" for scenario in cfg.upstream_scenarios()]
+    args += ["--loop", cfg.rig_loop, "--max-seconds", str(max_seconds)]
     cpus = procs.placement.rest if procs.placement else ALL_CPUS
     proc, _ = procs.spawn("upstream", args, stdout_pipe=True, cpus=cpus)
     return proc, read_first_line(proc, timeout=30)
 
 
-def service_env(upstream_url: str, port: int, tmpdir: Path) -> dict[str, str]:
-    return {
+SERVICE_MODELS = ",".join(f"anthropic/{m}" for m in (MAIN_MODEL, IDLE_MODEL, ONE_MODEL, PACED_MODEL, RATE_MODEL))
+# Settings the benchmark changes from the shipped defaults so that nothing but CPU limits a run;
+# the overload phase keeps the shipped ones (`shipped_limits`), which decide how overload ends.
+_BENCH_LIMITS = {
+    "AI_FIRST_TOKEN_TIMEOUT": "3600",
+    "AI_REQUEST_TIMEOUT": "3600",
+    "AI_KEEPALIVE_INTERVAL": "3600",
+    "AI_MAX_TOTAL_STREAMS": "0",
+}
+
+
+def service_env(
+    upstream_url: str, port: int, tmpdir: Path, *, loop: str | None = None, shipped_limits: bool = False
+) -> dict[str, str]:
+    """The service's environment: the fake upstream as its only endpoint, every bench model in its
+    chain (a request naming one starts there; `bench-rate50`, last, has nothing to fall back to);
+    `loop` sets AI_EVENT_LOOP (the event loop the service is asked to run on)."""
+    env = {
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "ANTHROPIC_API_KEY": "sk-bench",
         "ANTHROPIC_BASE_URL": upstream_url,
-        "AI_MODELS": "anthropic/claude-bench,anthropic/idle",
+        "AI_MODELS": SERVICE_MODELS,
         "AI_LOG_LEVEL": "warning",
         "AI_LOG_FORMAT": "json",
         "DATABASE_URL": f"sqlite:///{tmpdir}/bench.db",
-        "AI_FIRST_TOKEN_TIMEOUT": "3600",
-        "AI_REQUEST_TIMEOUT": "3600",
-        "AI_KEEPALIVE_INTERVAL": "3600",
-        # All the load comes from one client address: per-client and total limits off (0 = none).
+        # All the load comes from one client address: per-client limits off (0 = none).
         "AI_RATE_LIMIT_RPM": "0",
         "AI_MAX_CONCURRENT_STREAMS": "0",
-        "AI_MAX_TOTAL_STREAMS": "0",
         "AI_SHUTDOWN_GRACE": "0",  # the benchmark stops servers between measurements: no draining
     }
+    if not shipped_limits:
+        env.update(_BENCH_LIMITS)
+    if loop:
+        env["AI_EVENT_LOOP"] = loop
+    return env
 
 
-async def start_server(procs: Processes, kind: str, upstream_url: str, port: int, workers: int | None = None) -> Server:
+async def start_server(
+    procs: Processes,
+    kind: str,
+    upstream_url: str,
+    port: int,
+    workers: int | None = None,
+    *,
+    loop: str | None = None,
+    env: dict[str, str] | None = None,
+    shipped_limits: bool = False,
+    poll: float = 0.1,
+) -> Server:
     """Start the service (`kind="service"`) or the bare baseline and wait for its /health, on the
-    placement's server CPU if there is one (there is none when the service has workers)."""
+    placement's server CPU if there is one (there is none when the service has workers). `loop`:
+    the baseline's `--loop` (default asyncio), the service's AI_EVENT_LOOP (default: unset);
+    `env`: more environment for the service."""
     cpus = procs.placement.server if procs.placement else ALL_CPUS
+    started_at = time.monotonic()
     if kind == "service":
         args = ["-m", "service"] + (["--workers", str(workers)] if workers else [])
-        env = service_env(upstream_url, port, procs.tmpdir)
-        proc, log_path = procs.spawn("service", args, env=env, python=procs.server_python, cpus=cpus)
+        service = service_env(upstream_url, port, procs.tmpdir, loop=loop, shipped_limits=shipped_limits)
+        proc, log_path = procs.spawn(
+            "service", args, env={**service, **(env or {})}, python=procs.server_python, cpus=cpus
+        )
     else:
-        args = ["-m", "bench.baseline", "--port", str(port), "--upstream", upstream_url]
+        args = ["-m", "bench.baseline", "--port", str(port), "--upstream", upstream_url, "--loop", loop or "asyncio"]
         proc, log_path = procs.spawn("baseline", args, python=procs.server_python, cpus=cpus)
-    server = Server(kind, proc, f"http://127.0.0.1:{port}", log_path)
+    server = Server(kind, proc, f"http://127.0.0.1:{port}", log_path, started_at)
     try:
-        await wait_healthy(server)
+        await wait_healthy(server, poll=poll)
     except ServerFailed:
         procs.stop(proc)
         raise
+    server.healthy_after = time.monotonic() - server.started_at
     return server

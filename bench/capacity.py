@@ -1,0 +1,136 @@
+"""How many concurrent streams at 50 tokens/s one server process carries, and what it does at
+three times that many.
+
+**Capacity**: a level of N streams is N closed-loop clients of `bench-rate50` (200-token answers,
+a token every 20 ms: a model's pace), started evenly over `step_ramp` s so that answers begin and
+end all the time, as they do in production; the added latency of every token read in the next
+`step_seconds` s is recorded (`bench.timing`: read time minus the upstream's write time), then
+the clients are stopped. N is carried when the p99 added latency is at most `latency_limit_ms`
+and no stream was refused or failed. `bench.timing.CapacitySearch` picks the levels: doubling,
+then bisecting, within `capacity_steps` steps, on one server process (levels in increasing
+order, so that a later level never inherits a backlog).
+
+**Overload**: `overload_factor` x the service's capacity in clients, every stream read to its end
+(each at most `overload_stream_timeout` s), against a server with the service's shipped
+timeouts and stream limit; refusals (429 / 503 with `Retry-After`, before any token) are told
+apart from streams accepted and then failed, and a refused client waits its `Retry-After`.
+
+Each figure comes with the load generator's own loop lag and how far the fake upstream fell
+behind its schedule, so that a level the rig itself could not drive is seen as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+from bench.config import RATE_MODEL
+from bench.load import client_session
+from bench.paced import loop_lag, run_paced
+from bench.phases import GENERATE, PROMPT, Bench
+from bench.procs import Server, ServerFailed
+from bench.timing import CapacitySearch, carries
+
+RATE_PROMPT = {**PROMPT, "model": RATE_MODEL}
+SETTLE_S = 1.5  # between steps: the stopped streams' cancellations are done
+
+
+async def capacity_step(bench: Bench, server: Server, level: int) -> dict[str, Any]:
+    """`level` paced streams for one step; its figures and whether the level was carried."""
+    cfg = bench.cfg
+    async with client_session(total_timeout=None) as session, loop_lag() as lag:
+        tally = await run_paced(
+            session,
+            server.url + GENERATE,
+            RATE_PROMPT,
+            clients=level,
+            ramp=cfg.step_ramp,
+            duration=cfg.step_seconds,
+            delay=cfg.rate_delay,
+            wait_for_streams=False,
+        )
+    summary = tally.summary()
+    refused = tally.refused + sum(tally.refused_other.values())
+    failed = sum(tally.failed.values()) + tally.cut + tally.connection_errors
+    summary.update(
+        level=level,
+        client_lag_p99_ms=lag.p99_ms,
+        carried=carries(summary["added_latency_p99_ms"], cfg.latency_limit_ms, refused, failed),
+    )
+    return summary
+
+
+async def capacity_sweep(bench: Bench, kind: str, loop: str | None) -> dict[str, Any]:
+    """The capacity search against one fresh server (`loop`: see `Bench.fresh_server`)."""
+    cfg = bench.cfg
+    try:
+        server = await bench.fresh_server(kind, loop=loop)
+    except ServerFailed as exc:
+        return {"error": str(exc)}
+    search = CapacitySearch(cfg.capacity_start, cfg.capacity_limit, cfg.capacity_steps, cfg.capacity_resolution)
+    out: dict[str, Any] = {"requested_loop": loop, **server.runtime(), "steps": []}
+    try:
+        while (level := search.next_level()) is not None:
+            step = await capacity_step(bench, server, level)
+            search.record(level, step["carried"])
+            out["steps"].append(step)
+            print(
+                f"        {kind} at {level} streams: added latency p99 {step['added_latency_p99_ms']} ms, "
+                f"{step['refused_retry_after']} refused, {'carried' if step['carried'] else 'not carried'}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if server.proc.poll() is not None:
+                out["error"] = f"{kind} exited during the sweep:\n{server.log_tail()}"
+                break
+            await asyncio.sleep(SETTLE_S)
+    finally:
+        bench.procs.stop(server.proc)
+    out.update(capacity=search.capacity, failed_at=search.failed_at, settled=search.settled)
+    return out
+
+
+async def measure_capacity(bench: Bench) -> dict[str, Any]:
+    """The service as configured, the baseline on the loop the service runs, and, when that is not
+    asyncio's, the baseline on asyncio's default loop too (the bare baseline)."""
+    out: dict[str, Any] = {}
+    out["service"] = service = await capacity_sweep(bench, "service", None)
+    loop = service.get("loop", "asyncio")
+    out["baseline_same_loop"] = await capacity_sweep(bench, "baseline", loop)
+    if loop != "asyncio":
+        out["baseline_asyncio"] = await capacity_sweep(bench, "baseline", "asyncio")
+    return out
+
+
+async def measure_overload(bench: Bench, kind: str, streams: int, loop: str | None) -> dict[str, Any]:
+    """`streams` paced clients against a fresh server with the shipped limits; every stream read
+    to its end; refusals, failures and completions counted."""
+    cfg = bench.cfg
+    server = await bench.fresh_server(kind, loop=loop, shipped_limits=True)
+    started = time.monotonic()
+    try:
+        async with client_session(total_timeout=None) as session, loop_lag() as lag:
+            tally = await run_paced(
+                session,
+                server.url + GENERATE,
+                RATE_PROMPT,
+                clients=streams,
+                ramp=cfg.step_ramp,
+                duration=cfg.overload_seconds,
+                delay=cfg.rate_delay,
+                wait_for_streams=True,
+                stream_timeout=cfg.overload_stream_timeout,
+            )
+        alive = server.proc.poll() is None
+        return {
+            "streams": streams,
+            **server.runtime(),
+            **tally.summary(),
+            "client_lag_p99_ms": lag.p99_ms,
+            "server_alive": alive,
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
+    finally:
+        bench.procs.stop(server.proc)

@@ -1,0 +1,250 @@
+"""Paced clients: streams read token by token as a browser reads them, with the outcome of each.
+
+`run_paced` keeps `clients` streams going, each client starting its next request when the last
+one ended, for a bounded time; a client refused with `Retry-After` waits that long (within the
+run) before it asks again, as a well-behaved client does. Every request ends up in one bin of a
+`Tally`: completed, refused up front, failed after it was accepted (by error code), cut (no
+terminal event), connection error, still open when the run gave up on it, or stopped by the end
+of a run that does not wait for its streams. `synchronized_ttft` starts streams all at the same
+moment, round after round, as a burst of users does. `loop_lag` watches the load generator's own
+event loop, so that a figure the load generator could not keep up with is flagged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bench.load import JSON_HEADERS, LoadResult, one_stream
+from bench.timing import EventReader, percentile
+
+SHED_STATUSES = (429, 503)
+
+
+@dataclass
+class Tally:
+    """Every request of one paced run, by outcome, and what the accepted ones measured."""
+
+    clients: int
+    requests: int = 0
+    completed: int = 0
+    refused: int = 0  # 429 / 503 with Retry-After, before any token: shed as intended
+    refused_other: Counter[str] = field(default_factory=Counter)  # any other refusal, by status
+    failed: Counter[str] = field(default_factory=Counter)  # accepted, then an `error` event: by code
+    cut: int = 0  # accepted, then the body ended without a terminal event
+    connection_errors: int = 0
+    unfinished: int = 0  # still open when the run stopped waiting for it
+    stopped: int = 0  # in flight at the end of a run that does not wait (not a failure)
+    tokens: int = 0
+    reads: int = 0  # reads that brought content events: tokens / reads is how batched they came
+    latencies_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+    upstream_late_ms: list[float] = field(default_factory=list)
+    first_error: str | None = None
+    wall_s: float = 0.0
+
+    def note_error(self, text: str) -> None:
+        self.first_error = self.first_error or text[:300]
+
+    @property
+    def failures(self) -> int:
+        """Requests that went wrong in a way a client notices (shedding with Retry-After excepted)."""
+        return sum(self.refused_other.values()) + sum(self.failed.values()) + self.cut + self.connection_errors
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies_ms
+        return {
+            "clients": self.clients,
+            "requests": self.requests,
+            "completed": self.completed,
+            "refused_retry_after": self.refused,
+            "refused_other": dict(self.refused_other),
+            "failed_by_code": dict(self.failed),
+            "cut": self.cut,
+            "connection_errors": self.connection_errors,
+            "unfinished": self.unfinished,
+            "stopped_at_end": self.stopped,
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens / self.wall_s, 1) if self.wall_s else math.nan,
+            "tokens_per_read": round(self.tokens / self.reads, 2) if self.reads else math.nan,
+            "latency_samples": len(lat),
+            "added_latency_p50_ms": round(percentile(lat, 50), 2),
+            "added_latency_p99_ms": round(percentile(lat, 99), 2),
+            "added_latency_max_ms": round(max(lat), 2) if lat else math.nan,
+            "ttft_p50_ms": round(percentile(self.ttft_ms, 50), 2),
+            "ttft_p99_ms": round(percentile(self.ttft_ms, 99), 2),
+            "upstream_late_p99_ms": round(percentile(self.upstream_late_ms, 99), 2),
+            "first_error": self.first_error,
+        }
+
+
+async def paced_stream(
+    session: aiohttp.ClientSession, url: str, body: bytes, tally: Tally, reader: EventReader, delay: float
+) -> float:
+    """One request, read chunk by chunk; returns the seconds to wait before the next one (the
+    `Retry-After` of a refusal, else 0)."""
+    tally.requests += 1
+    started = time.monotonic()
+    async with session.post(url, data=body, headers=JSON_HEADERS) as resp:
+        if resp.status != 200:
+            retry_after = resp.headers.get("Retry-After")
+            text = (await resp.read())[:200]
+            if resp.status in SHED_STATUSES and retry_after is not None:
+                tally.refused += 1
+                try:
+                    return max(float(retry_after), 0.0)
+                except ValueError:
+                    return 1.0
+            tally.refused_other[f"{resp.status}{'' if retry_after else ' without Retry-After'}"] += 1
+            tally.note_error(f"HTTP {resp.status}: {text!r}")
+            return 1.0
+        async for chunk in resp.content.iter_any():
+            reader.feed(chunk, time.monotonic())
+    tally.tokens += reader.contents
+    tally.reads += reader.reads
+    if reader.first_content_at is not None:
+        tally.ttft_ms.append((reader.first_content_at - started) * 1000)
+    if reader.terminal == "done":
+        tally.completed += 1
+        if reader.stamps > 1:
+            tally.upstream_late_ms.append(reader.upstream_late_ms(delay))
+    elif reader.terminal == "error":
+        tally.failed[reader.error_code or "unknown"] += 1
+        tally.note_error(f"error event {reader.error_code} after {reader.contents} tokens")
+    else:
+        tally.cut += 1
+        tally.note_error(f"the body ended without a terminal event after {reader.contents} tokens")
+    return 0.0
+
+
+async def run_paced(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: dict[str, Any],
+    *,
+    clients: int,
+    ramp: float,
+    duration: float,
+    delay: float = 0.0,
+    wait_for_streams: bool = True,
+    stream_timeout: float = 120.0,
+) -> Tally:
+    """`clients` closed-loop clients: client i starts `ramp * i / clients` s in, each sends
+    requests until `ramp + duration` s have passed. Added latency is recorded from the end of
+    the ramp to the end. With `wait_for_streams`, streams open at the end are read to their end
+    (each at most `stream_timeout` s); without, they are stopped there (the connection closed)."""
+    body = json.dumps(payload).encode()
+    tally = Tally(clients)
+    started = time.monotonic()
+    window_start, end = started + ramp, started + ramp + duration
+
+    async def client(i: int) -> None:
+        await asyncio.sleep(ramp * i / clients)
+        while (now := time.monotonic()) < end:
+            reader = EventReader(tally.latencies_ms, window_start, end)
+            try:
+                async with asyncio.timeout(stream_timeout):
+                    pause = await paced_stream(session, url, body, tally, reader, delay)
+            except TimeoutError:
+                tally.unfinished += 1
+                tally.note_error(f"still open after {stream_timeout:.0f} s ({reader.contents} tokens)")
+                return
+            except aiohttp.ClientError as exc:
+                tally.connection_errors += 1
+                tally.note_error(f"{type(exc).__name__}: {exc}")
+                pause = 0.5
+            if pause:
+                await asyncio.sleep(min(pause, max(end - time.monotonic(), 0)))
+
+    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+    try:
+        if wait_for_streams:
+            await asyncio.wait(tasks, timeout=ramp + duration + stream_timeout + 10)
+        else:
+            await asyncio.wait(tasks, timeout=max(end - time.monotonic(), 0))
+    finally:
+        stopped = [task for task in tasks if not task.done()]
+        for task in stopped:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if wait_for_streams:
+            tally.unfinished += len(stopped)
+        else:
+            tally.stopped += len(stopped)
+    tally.wall_s = time.monotonic() - started
+    return tally
+
+
+async def synchronized_ttft(
+    session: aiohttp.ClientSession, url: str, payload: dict[str, Any], *, streams: int, rounds: int, time_limit: float
+) -> LoadResult:
+    """`rounds` rounds of `streams` requests sent at the same moment, each round after the last
+    one ended; one unrecorded round first, so that every connection is open. TTFT of each."""
+    body = json.dumps(payload).encode()
+    result = LoadResult(streams, streams * rounds)
+    warm = LoadResult(streams, streams)
+    deadline = time.monotonic() + time_limit
+    started = time.perf_counter()
+    for round_ in range(rounds + 1):
+        if time.monotonic() >= deadline:
+            result.timed_out = True
+            break
+        target = warm if round_ == 0 else result
+        go = asyncio.Event()
+
+        async def one() -> None:
+            await go.wait()
+            try:
+                await one_stream(session, url, body, target)
+            except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError) as exc:
+                target.errors += 1
+                target.first_error = target.first_error or f"{type(exc).__name__}: {exc}"
+
+        tasks = [asyncio.create_task(one()) for _ in range(streams)]
+        await asyncio.sleep(0.05)  # every task waits on the event
+        go.set()
+        await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 1))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class LoopLag:
+    """How late the load generator's own timers fired (ms): its event loop's lag."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def p99_ms(self) -> float:
+        return round(percentile(self.samples, 99), 2)
+
+
+@asynccontextmanager
+async def loop_lag(interval: float = 0.05) -> AsyncIterator[LoopLag]:
+    """Measure this process's event-loop lag while the block runs."""
+    lag = LoopLag()
+
+    async def watch() -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(interval)
+            lag.samples.append((time.monotonic() - before - interval) * 1000)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield lag
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
