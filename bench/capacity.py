@@ -5,7 +5,8 @@ three times that many.
 a token every 20 ms: a model's pace), started evenly over `step_ramp` s so that answers begin and
 end all the time, as they do in production; the added latency of every token read in the next
 `step_seconds` s is recorded (`bench.timing`: read time minus the upstream's write time), then
-the clients are stopped. N is carried when the p99 added latency is at most `latency_limit_ms`
+the clients are stopped (the server's CPU use over the step is reported beside: a level that
+fails far below 100 % was slowed by something else on the machine). N is carried when the p99 added latency is at most `latency_limit_ms`
 and no stream was refused or failed. `bench.timing.CapacitySearch` picks the levels: doubling,
 then bisecting, within `capacity_steps` steps, on one server process (levels in increasing
 order, so that a later level never inherits a backlog).
@@ -40,6 +41,7 @@ SETTLE_S = 1.5  # between steps: the stopped streams' cancellations are done
 async def capacity_step(bench: Bench, server: Server, level: int) -> dict[str, Any]:
     """`level` paced streams for one step; its figures and whether the level was carried."""
     cfg = bench.cfg
+    cpu = server.cpu_seconds()
     async with client_session(total_timeout=None) as session, loop_lag() as lag:
         tally = await run_paced(
             session,
@@ -52,6 +54,7 @@ async def capacity_step(bench: Bench, server: Server, level: int) -> dict[str, A
             wait_for_streams=False,
         )
     summary = tally.summary()
+    summary["server_cpu_pct"] = round((server.cpu_seconds() - cpu) * 100 / tally.wall_s, 1)
     refused = tally.refused + sum(tally.refused_other.values())
     failed = sum(tally.failed.values()) + tally.cut + tally.connection_errors
     summary.update(
@@ -109,7 +112,7 @@ async def measure_overload(bench: Bench, kind: str, streams: int, loop: str | No
     to its end; refusals, failures and completions counted."""
     cfg = bench.cfg
     server = await bench.fresh_server(kind, loop=loop, shipped_limits=True)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), server.cpu_seconds()
     try:
         async with client_session(total_timeout=None) as session, loop_lag() as lag:
             tally = await run_paced(
@@ -125,6 +128,7 @@ async def measure_overload(bench: Bench, kind: str, streams: int, loop: str | No
             )
         alive = server.proc.poll() is None
         return {
+            "server_cpu_pct": round((server.cpu_seconds() - cpu) * 100 / tally.wall_s, 1),
             "streams": streams,
             **server.runtime(),
             **tally.summary(),
