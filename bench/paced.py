@@ -139,7 +139,7 @@ async def run_paced(
     stream_timeout: float = 120.0,
 ) -> Tally:
     """`clients` closed-loop clients: client i starts `ramp * i / clients` s in, each sends
-    requests until `ramp + duration` s have passed. Added latency is recorded from the end of
+    requests (at least one) until `ramp + duration` s have passed. Added latency is recorded from the end of
     the ramp to the end. With `wait_for_streams`, streams open at the end are read to their end
     (each at most `stream_timeout` s); without, they are stopped there (the connection closed)."""
     body = json.dumps(payload).encode()
@@ -149,7 +149,9 @@ async def run_paced(
 
     async def client(i: int) -> None:
         await asyncio.sleep(ramp * i / clients)
-        while (now := time.monotonic()) < end:
+        first = True
+        while first or time.monotonic() < end:  # every client sends at least one request
+            first = False
             reader = EventReader(tally.latencies_ms, window_start, end)
             try:
                 async with asyncio.timeout(stream_timeout):

@@ -136,7 +136,7 @@ def _print_memory_extra(results: dict[str, Any]) -> None:
     if not sdk:
         return
     parts = []
-    for key, label in (("aiohttp_only", "python + aiohttp"), ("sdks", f"python + aiohttp + {', '.join(sdk['sdks'])}")):
+    for key, label in (("aiohttp_only", "python + aiohttp"), ("with_sdks", f"python + aiohttp + {', '.join(sdk['sdks'])}")):
         entry = sdk.get(key, {})
         if "rss_mb" in entry:
             parts.append(f"{label}: {entry['rss_mb']:.1f} MB ({entry['modules']:,} modules, {entry['import_s']:.2f} s)")

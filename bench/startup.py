@@ -70,7 +70,7 @@ def sdk_only_memory(bench: Bench, sdks: list[str] | None = None) -> dict[str, An
     sdks = configured_sdks() if sdks is None else sdks
     python = bench.procs.server_python
     out: dict[str, Any] = {"sdks": sdks}
-    for label, imports in (("aiohttp_only", ["import aiohttp"]), ("sdks", ["import aiohttp", *map(SDK_IMPORTS.get, sdks)])):
+    for label, imports in (("aiohttp_only", ["import aiohttp"]), ("with_sdks", ["import aiohttp", *map(SDK_IMPORTS.get, sdks)])):
         code = _MEASURE.format(imports="\n".join(i for i in imports if i))
         try:
             done = subprocess.run(
