@@ -73,7 +73,8 @@ async def capacity_sweep(bench: Bench, kind: str, loop: str | None) -> dict[str,
     except ServerFailed as exc:
         return {"error": str(exc)}
     search = CapacitySearch(cfg.capacity_start, cfg.capacity_limit, cfg.capacity_steps, cfg.capacity_resolution)
-    out: dict[str, Any] = {"requested_loop": loop, **server.runtime(), "steps": []}
+    requested = loop or (cfg.service_loop if kind == "service" else "asyncio")
+    out: dict[str, Any] = {"requested_loop": requested, **server.runtime(), "steps": []}
     try:
         while (level := search.next_level()) is not None:
             step = await capacity_step(bench, server, level)
