@@ -23,14 +23,15 @@ behind its schedule, so that a level the rig itself could not drive is seen as s
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import sys
 import time
 from typing import Any
 
 from bench.config import RATE_MODEL
-from bench.load import client_session
 from bench.paced import loop_lag, run_paced
-from bench.phases import GENERATE, PROMPT, Bench
+from bench.phases import GENERATE, PROMPT, Bench, process_cpu
 from bench.procs import Server, ServerFailed
 from bench.timing import CapacitySearch, carries
 
@@ -41,10 +42,9 @@ SETTLE_S = 1.5  # between steps: the stopped streams' cancellations are done
 async def capacity_step(bench: Bench, server: Server, level: int) -> dict[str, Any]:
     """`level` paced streams for one step; its figures and whether the level was carried."""
     cfg = bench.cfg
-    cpu = server.cpu_seconds()
-    async with client_session(total_timeout=None) as session, loop_lag() as lag:
+    cpu, rig = server.cpu_seconds(), (process_cpu(bench.upstream_pid), process_cpu(os.getpid()))
+    async with loop_lag() as lag:
         tally = await run_paced(
-            session,
             server.url + GENERATE,
             RATE_PROMPT,
             clients=level,
@@ -55,6 +55,9 @@ async def capacity_step(bench: Bench, server: Server, level: int) -> dict[str, A
         )
     summary = tally.summary()
     summary["server_cpu_pct"] = round((server.cpu_seconds() - cpu) * 100 / tally.wall_s, 1)
+    per_1k = 1e6 / tally.tokens if tally.tokens else math.nan
+    summary["upstream_cpu_ms_per_1k_tokens"] = round((process_cpu(bench.upstream_pid) - rig[0]) * per_1k, 2)
+    summary["client_cpu_ms_per_1k_tokens"] = round((process_cpu(os.getpid()) - rig[1]) * per_1k, 2)
     refused = tally.refused + sum(tally.refused_other.values())
     failed = sum(tally.failed.values()) + tally.cut + tally.connection_errors
     summary.update(
@@ -115,9 +118,8 @@ async def measure_overload(bench: Bench, kind: str, streams: int, loop: str | No
     server = await bench.fresh_server(kind, loop=loop, shipped_limits=True)
     started, cpu = time.monotonic(), server.cpu_seconds()
     try:
-        async with client_session(total_timeout=None) as session, loop_lag() as lag:
+        async with loop_lag() as lag:
             tally = await run_paced(
-                session,
                 server.url + GENERATE,
                 RATE_PROMPT,
                 clients=streams,

@@ -15,8 +15,6 @@ import os
 import uuid
 from typing import Any
 
-import aiohttp
-
 from bench.config import ONE_MODEL, PACED_MODEL
 from bench.load import JSON_HEADERS, client_session, run_load
 from bench.paced import run_paced, synchronized_ttft
@@ -28,16 +26,16 @@ PACED_PROMPT = {**PROMPT, "model": PACED_MODEL}
 ANSWER_ID_HEADER = "X-Answer-ID"
 
 
-async def paced_cpu(bench: Bench, server: Server, session: aiohttp.ClientSession, payload: dict) -> dict[str, Any]:
+async def paced_cpu(bench: Bench, server: Server, payload: dict) -> dict[str, Any]:
     """CPU of `server` per 1,000 paced tokens, over `paced_seconds` of `paced_concurrency` clients
     (every stream read to its end), after one unrecorded stream per client."""
     cfg = bench.cfg
     url, clients = server.url + GENERATE, cfg.paced_concurrency
     stream_s = cfg.paced_tokens * cfg.paced_delay
-    await run_paced(session, url, payload, clients=clients, ramp=stream_s, duration=0, delay=cfg.paced_delay)
+    await run_paced(url, payload, clients=clients, ramp=stream_s, duration=0, delay=cfg.paced_delay)
     before = server.cpu_seconds(), process_cpu(bench.upstream_pid), process_cpu(os.getpid())
     tally = await run_paced(
-        session, url, payload, clients=clients, ramp=stream_s, duration=cfg.paced_seconds, delay=cfg.paced_delay
+        url, payload, clients=clients, ramp=stream_s, duration=cfg.paced_seconds, delay=cfg.paced_delay
     )
     after = server.cpu_seconds(), process_cpu(bench.upstream_pid), process_cpu(os.getpid())
     per_1k = [(b - a) * 1e6 / tally.tokens if tally.tokens else float("nan") for a, b in zip(before, after)]
@@ -62,7 +60,7 @@ async def measure_costs(bench: Bench, kind: str) -> dict[str, Any]:
                 session, url, ONE_PROMPT, concurrency=cfg.concurrency, requests=cfg.one_token_requests, time_limit=limit
             )
             cpu_one = server.cpu_seconds() - cpu0
-            paced = await paced_cpu(bench, server, session, PACED_PROMPT)
+            paced = await paced_cpu(bench, server, PACED_PROMPT)
             sync = await synchronized_ttft(
                 session, url, PACED_PROMPT, streams=cfg.sync_streams, rounds=cfg.sync_rounds, time_limit=limit
             )
@@ -137,11 +135,10 @@ async def measure_resumable(bench: Bench) -> dict[str, Any]:
         try:
             if reason := await resumable_support(server):
                 return {"skipped": reason}
-            async with client_session() as session:
-                out[label] = {
-                    "plain": await paced_cpu(bench, server, session, PACED_PROMPT),
-                    "resumable": await paced_cpu(bench, server, session, resumable),
-                }
+            out[label] = {
+                "plain": await paced_cpu(bench, server, PACED_PROMPT),
+                "resumable": await paced_cpu(bench, server, resumable),
+            }
         finally:
             bench.procs.stop(server.proc)
             if env is not None:

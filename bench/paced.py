@@ -24,8 +24,9 @@ from typing import Any
 
 import aiohttp
 
-from bench.load import JSON_HEADERS, LoadResult, one_stream
+from bench.load import LoadResult, one_stream
 from bench.timing import EventReader, percentile
+from bench.wire import Connection, post_request
 
 SHED_STATUSES = (429, 503)
 
@@ -38,6 +39,7 @@ class Tally:
     requests: int = 0
     completed: int = 0
     refused: int = 0  # 429 / 503 with Retry-After, before any token: shed as intended
+    refused_codes: Counter[str] = field(default_factory=Counter)  # those by the body's `code`
     refused_other: Counter[str] = field(default_factory=Counter)  # any other refusal, by status
     failed: Counter[str] = field(default_factory=Counter)  # accepted, then an `error` event: by code
     cut: int = 0  # accepted, then the body ended without a terminal event
@@ -67,6 +69,7 @@ class Tally:
             "requests": self.requests,
             "completed": self.completed,
             "refused_retry_after": self.refused,
+            "refused_by_code": dict(self.refused_codes),
             "refused_other": dict(self.refused_other),
             "failed_by_code": dict(self.failed),
             "cut": self.cut,
@@ -87,28 +90,24 @@ class Tally:
         }
 
 
-async def paced_stream(
-    session: aiohttp.ClientSession, url: str, body: bytes, tally: Tally, reader: EventReader, delay: float
-) -> float:
-    """One request, read chunk by chunk; returns the seconds to wait before the next one (the
-    `Retry-After` of a refusal, else 0)."""
+async def paced_stream(conn: Connection, request: bytes, tally: Tally, reader: EventReader, delay: float) -> float:
+    """One request on `conn`, its body read as it comes; returns the seconds to wait before the
+    next one (the `Retry-After` of a refusal, else 0)."""
     tally.requests += 1
     started = time.monotonic()
-    async with session.post(url, data=body, headers=JSON_HEADERS) as resp:
-        if resp.status != 200:
-            retry_after = resp.headers.get("Retry-After")
-            text = (await resp.read())[:200]
-            if resp.status in SHED_STATUSES and retry_after is not None:
-                tally.refused += 1
-                try:
-                    return max(float(retry_after), 0.0)
-                except ValueError:
-                    return 1.0
-            tally.refused_other[f"{resp.status}{'' if retry_after else ' without Retry-After'}"] += 1
-            tally.note_error(f"HTTP {resp.status}: {text!r}")
-            return 1.0
-        async for chunk in resp.content.iter_any():
-            reader.feed(chunk, time.monotonic())
+    resp = await conn.request(request, reader)
+    if resp.status != 200:
+        retry_after = resp.headers.get("retry-after")
+        if resp.status in SHED_STATUSES and retry_after is not None:
+            tally.refused += 1
+            tally.refused_codes[_code(resp.body)] += 1
+            try:
+                return max(float(retry_after), 0.0)
+            except ValueError:
+                return 1.0
+        tally.refused_other[f"{resp.status}{'' if retry_after else ' without Retry-After'}"] += 1
+        tally.note_error(f"HTTP {resp.status}: {resp.body[:200]!r}")
+        return 1.0
     tally.tokens += reader.contents
     tally.reads += reader.reads
     if reader.first_content_at is not None:
@@ -126,8 +125,16 @@ async def paced_stream(
     return 0.0
 
 
+def _code(body: bytes) -> str:
+    """The `code` of a JSON error body (the service's shape), else the start of the body."""
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return str(code) if code else body[:40].decode(errors="replace") or "(empty)"
+
+
 async def run_paced(
-    session: aiohttp.ClientSession,
     url: str,
     payload: dict[str, Any],
     *,
@@ -141,31 +148,39 @@ async def run_paced(
     """`clients` closed-loop clients: client i starts `ramp * i / clients` s in, each sends
     requests (at least one) until `ramp + duration` s have passed. Added latency is recorded from the end of
     the ramp to the end. With `wait_for_streams`, streams open at the end are read to their end
-    (each at most `stream_timeout` s); without, they are stopped there (the connection closed)."""
-    body = json.dumps(payload).encode()
+    (each at most `stream_timeout` s); without, they are stopped there (the connection closed).
+    Each client keeps one keep-alive connection (`bench.wire`), and opens another when it closes."""
+    host, port, request = post_request(url, json.dumps(payload).encode())
     tally = Tally(clients)
     started = time.monotonic()
     window_start, end = started + ramp, started + ramp + duration
 
     async def client(i: int) -> None:
         await asyncio.sleep(ramp * i / clients)
+        conn: Connection | None = None
         first = True
-        while first or time.monotonic() < end:  # every client sends at least one request
-            first = False
-            reader = EventReader(tally.latencies_ms, window_start, end)
-            try:
-                async with asyncio.timeout(stream_timeout):
-                    pause = await paced_stream(session, url, body, tally, reader, delay)
-            except TimeoutError:
-                tally.unfinished += 1
-                tally.note_error(f"still open after {stream_timeout:.0f} s ({reader.contents} tokens)")
-                return
-            except aiohttp.ClientError as exc:
-                tally.connection_errors += 1
-                tally.note_error(f"{type(exc).__name__}: {exc}")
-                pause = 0.5
-            if pause:
-                await asyncio.sleep(min(pause, max(end - time.monotonic(), 0)))
+        try:
+            while first or time.monotonic() < end:  # every client sends at least one request
+                first = False
+                reader = EventReader(tally.latencies_ms, window_start, end)
+                try:
+                    async with asyncio.timeout(stream_timeout):
+                        if conn is None or conn.closed:
+                            conn = await Connection.open(host, port)
+                        pause = await paced_stream(conn, request, tally, reader, delay)
+                except TimeoutError:
+                    tally.unfinished += 1
+                    tally.note_error(f"still open after {stream_timeout:.0f} s ({reader.contents} tokens)")
+                    return
+                except (OSError, ValueError) as exc:  # refused, reset, or not HTTP
+                    tally.connection_errors += 1
+                    tally.note_error(f"{type(exc).__name__}: {exc}")
+                    pause = 0.5
+                if pause:
+                    await asyncio.sleep(min(pause, max(end - time.monotonic(), 0)))
+        finally:
+            if conn is not None:
+                conn.close()
 
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     try:

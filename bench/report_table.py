@@ -128,6 +128,10 @@ def _print_overload(results: dict[str, Any]) -> None:
             f"{sum(o['refused_other'].values()):>8} {failed:>7} {o['cut']:>5} {o['connection_errors']:>8} "
             f"{o['unfinished']:>10} {_fmt(o['added_latency_p99_ms'], 1):>12} {_fmt(o['ttft_p99_ms'], 0):>11}"
         )
+    for kind in ("service", "baseline"):
+        codes = overload.get(kind, {}).get("refused_by_code")
+        if codes:
+            print(f"  {kind} refusals by code: " + ", ".join(f"{code} {n}" for code, n in codes.items()))
     print("  (refused: 429/503 with Retry-After before any token; refused*: any other refusal)")
 
 

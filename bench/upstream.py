@@ -19,9 +19,10 @@ Each request plays the scenario of the model it names:
   clock is shared by all processes);
 - `idle`: the stream opens and stays silent for an hour, so it can be held open cheaply.
 
-It is lean on purpose (pre-encoded events, one timer per paced token, no request records) so
-that it keeps its schedule at tens of thousands of tokens a second while the server under test
-is the one that runs out of CPU. Stops on SIGTERM/SIGINT, or after `--max-seconds` in case the
+It is lean on purpose (HTTP/1.1 written by hand on an asyncio protocol, pre-encoded events,
+timer callbacks instead of a task per stream, no request records) so that it keeps its schedule
+at tens of thousands of tokens a second while the server under test is the one that runs out of
+CPU. Stops on SIGTERM/SIGINT, or after `--max-seconds` in case the
 benchmark that started it is gone.
 """
 
@@ -36,15 +37,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from bench.common import new_event_loop, raise_nofile_limit
 
 IDLE_MODEL = "idle"
 IDLE_SECONDS = 3600.0
+TIMER_RESOLUTION = 0.001  # uvloop's timers count whole milliseconds: a token this close to due is sent now
 # Short, realistic token strings (a word or a piece of one, most with a leading space).
 TOKEN_WORDS = ("The", " quick", " tok", "en", " is", " re", "layed", ",", " as", " a", " stream", ".", "\n")
-SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _ids = itertools.count(1)
 
 
@@ -104,47 +103,149 @@ def message_delta(output_tokens: int) -> bytes:
     return _event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output_tokens}})
 
 
+def chunk(data: bytes) -> bytes:
+    """`data` framed as one HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def stamped_chunk() -> bytes:
+    """A text delta whose text is the time of this call (`1234.5678`), framed as a chunk: the
+    same bytes as `chunk(delta_event(...))`, built without a JSON encoder (the text is digits)."""
+    event = _DELTA_HEAD + b'"%.4f"}}\n\n' % time.monotonic()
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+def _json_response(status: int, reason: str, payload: dict) -> bytes:
+    body = json.dumps(payload).encode()
+    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
 class Upstream:
-    """The request handler and the scenarios it plays, with every unstamped event encoded once."""
+    """The scenarios this process plays, with every unstamped event encoded (and framed) once."""
 
     def __init__(self, scenarios: dict[str, Scenario]) -> None:
         self.scenarios = scenarios
-        self._deltas = {name: [delta_event(t) for t in bench_tokens(sc.tokens)] for name, sc in scenarios.items()}
-        self._ends = {name: (_BLOCK_STOP, message_delta(sc.tokens), _MESSAGE_STOP) for name, sc in scenarios.items()}
+        self.deltas = {name: [chunk(delta_event(t)) for t in bench_tokens(sc.tokens)] for name, sc in scenarios.items()}
+        self.ends = {
+            name: (chunk(_BLOCK_STOP), chunk(message_delta(sc.tokens)), chunk(_MESSAGE_STOP), b"0\r\n\r\n")
+            for name, sc in scenarios.items()
+        }
 
-    async def messages(self, request: web.Request) -> web.StreamResponse:
-        arrived = time.monotonic()
+    def protocol(self) -> UpstreamConnection:
+        return UpstreamConnection(self)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: a request at a time (`POST /v1/messages` with a sized
+    JSON body), each answered as a chunked event stream whose paced tokens are written by timer
+    callbacks, one pending timer per stream, no task per request: the cheapest way to keep tens of
+    thousands of tokens a second on schedule. A client going away cancels its stream's timer."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._busy = False  # a response is being streamed
+        self._close_after = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._model = ""
+        self._scenario: Scenario | None = None
+        self._next = 0  # the next token to write
+        self._arrived = 0.0
+        self._loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if not self._busy:
+            self._next_request()
+
+    def _next_request(self) -> None:
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > 65536:
+                self._reply(_json_response(431, "Request Header Fields Too Large", {"type": "error"}), close=True)
+            return
+        lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+        method, _, rest = lines[0].partition(" ")
+        path = rest.split(" ", 1)[0]
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0") or 0)
+        if len(buf) < end + 4 + length:
+            return  # the body is still coming
+        body = bytes(buf[end + 4 : end + 4 + length])
+        del buf[: end + 4 + length]
+        self._close_after = headers.get("connection", "").lower() == "close"
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._reply(_json_response(411, "Length Required", {"type": "error"}), close=True)
+        elif method != "POST" or path.split("?", 1)[0] != "/v1/messages":
+            self._reply(_json_response(404, "Not Found", {"type": "error", "error": {"type": "not_found_error"}}))
+        else:
+            self._messages(body)
+
+    def _reply(self, data: bytes, close: bool = False) -> None:
+        if self.transport is None:
+            return
+        self.transport.write(data)
+        if close or self._close_after:
+            self.transport.close()
+        elif self._buf:
+            self._next_request()
+
+    def _messages(self, body: bytes) -> None:
         try:
-            body = json.loads(await request.read())
-            model = str(body["model"])
+            model = str(json.loads(body)["model"])
         except (ValueError, KeyError, TypeError):
-            return web.json_response({"type": "error", "error": {"type": "invalid_request_error"}}, status=400)
-        scenario = self.scenarios.get(model)
+            return self._reply(_json_response(400, "Bad Request", {"type": "error", "error": {"type": "invalid_request_error"}}))
+        scenario = self.upstream.scenarios.get(model)
         if scenario is None and model != IDLE_MODEL:
             error = {"type": "not_found_error", "message": f"model: {model}"}
-            return web.json_response({"type": "error", "error": error}, status=404)
+            return self._reply(_json_response(404, "Not Found", {"type": "error", "error": error}))
+        assert self.transport is not None
         message_id = f"msg_bench{next(_ids):012d}"
-        resp = web.StreamResponse(headers={**SSE_HEADERS, "request-id": f"req_bench{message_id[9:]}"})
-        await resp.prepare(request)
-        await resp.write(message_start(model, message_id))
-        await resp.write(_BLOCK_START)
-        await resp.write(_PING)
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
+            f"request-id: req_bench{message_id[9:]}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        self._busy = True
+        self.transport.write(head.encode())
+        for event in (message_start(model, message_id), _BLOCK_START, _PING):
+            self.transport.write(chunk(event))
         if scenario is None:
-            await asyncio.sleep(IDLE_SECONDS)  # until the client goes away (the handler is cancelled)
-            return resp
-        deltas, delay = self._deltas[model], scenario.delay
-        for i, event in enumerate(deltas):
-            if delay:
-                wait = arrived + i * delay - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            if scenario.stamped:
-                event = delta_event(f"{time.monotonic():.4f}")
-            await resp.write(event)
-        for event in self._ends[model]:
-            await resp.write(event)  # one write per event, as the real API sends them
-        await resp.write_eof()
-        return resp
+            return  # idle: silent until the client goes away
+        self._model, self._scenario, self._next, self._arrived = model, scenario, 0, time.monotonic()
+        self._tokens()
+
+    def _tokens(self) -> None:
+        """Write every token now due (token i is due `delay * i` s after the request arrived, and
+        is sent up to a millisecond early), then set a timer for the next one, or end the answer."""
+        self._timer = None
+        transport, scenario = self.transport, self._scenario
+        if transport is None or scenario is None:
+            return
+        deltas = self.upstream.deltas[self._model]
+        while self._next < scenario.tokens:
+            wait = self._arrived + self._next * scenario.delay - time.monotonic()
+            if wait > TIMER_RESOLUTION:  # a shorter timer would fire at once, and again, until due
+                self._timer = self._loop.call_later(wait, self._tokens)
+                return
+            event = stamped_chunk() if scenario.stamped else deltas[self._next]
+            transport.write(event)
+            self._next += 1
+        for event in self.upstream.ends[self._model]:
+            transport.write(event)  # one write per event, as the real API sends them
+        self._busy, self._scenario = False, None
+        self._reply(b"")
 
 
 async def serve(upstream: Upstream, max_seconds: float) -> None:
@@ -152,19 +253,14 @@ async def serve(upstream: Upstream, max_seconds: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = web.Application()
-    app.router.add_post("/v1/messages", upstream.messages)
-    # handler_cancellation: a client going away cancels the handler, even mid-sleep
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
-    print(f"http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+    server = await loop.create_server(upstream.protocol, "127.0.0.1", 0, backlog=4096)
+    print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     try:
         await asyncio.wait_for(stop.wait(), timeout=max_seconds)
     except TimeoutError:
         pass
     finally:
-        await runner.cleanup()
+        server.close()
 
 
 def main(argv: list[str] | None = None) -> int:
