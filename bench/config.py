@@ -58,6 +58,7 @@ class Config:
     capacity_resolution: float = 0.1
     step_ramp: float = 4.0  # seconds over which a step's clients start (one stream's length)
     step_seconds: float = 10.0  # measured seconds of a step, after the ramp
+    confirm_failures: bool = True  # a failed level is tried once more before it counts
     # Overload: `overload_factor` x the service's capacity (or `overload_streams`).
     overload_factor: float = 3.0
     overload_streams: int | None = None
@@ -83,6 +84,7 @@ class Config:
             capacity_resolution=0.25,
             step_ramp=2.0,
             step_seconds=3.0,
+            confirm_failures=False,
             overload_seconds=4.0,
             overload_stream_timeout=60.0,
             starts=3,
