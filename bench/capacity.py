@@ -30,14 +30,23 @@ import sys
 import time
 from typing import Any
 
-from bench.config import RATE_MODEL
+from bench.config import ONE_MODEL, RATE_MODEL
+from bench.load import client_session, run_load
 from bench.paced import loop_lag, run_paced
 from bench.phases import GENERATE, PROMPT, Bench, process_cpu
 from bench.procs import Server, ServerFailed
 from bench.timing import CapacitySearch, carries
 
 RATE_PROMPT = {**PROMPT, "model": RATE_MODEL}
+ONE_PROMPT = {**PROMPT, "model": ONE_MODEL}
 SETTLE_S = 1.5  # between steps: the stopped streams' cancellations are done
+WARM_UP = 100  # one-token answers before the first step: whatever a server loads on first use is loaded
+
+
+async def warm_up(server: Server, time_limit: float) -> None:
+    """A few one-token answers, so that a step does not measure what the server loads on first use."""
+    async with client_session() as session:
+        await run_load(session, server.url + GENERATE, ONE_PROMPT, concurrency=10, requests=WARM_UP, time_limit=time_limit)
 
 
 async def capacity_step(bench: Bench, server: Server, level: int) -> dict[str, Any]:
@@ -63,6 +72,7 @@ async def capacity_step(bench: Bench, server: Server, level: int) -> dict[str, A
     failed = sum(tally.failed.values()) + tally.cut + tally.connection_errors
     summary.update(
         level=level,
+        failures=tally.failures,
         client_lag_p99_ms=lag.p99_ms,
         carried=carries(summary["added_latency_p99_ms"], cfg.latency_limit_ms, refused, failed),
     )
@@ -78,8 +88,10 @@ async def capacity_sweep(bench: Bench, kind: str, loop: str | None) -> dict[str,
         return {"error": str(exc)}
     search = CapacitySearch(cfg.capacity_start, cfg.capacity_limit, cfg.capacity_steps, cfg.capacity_resolution)
     requested = loop or (cfg.service_loop if kind == "service" else "asyncio")
-    out: dict[str, Any] = {"requested_loop": requested, **server.runtime(), "steps": []}
+    out: dict[str, Any] = {"requested_loop": requested, "steps": []}
     try:
+        await warm_up(server, cfg.phase_time_limit)
+        out.update(server.runtime())  # after the warm-up: a codec may be loaded on first use
         while (level := search.next_level()) is not None:
             step = await capacity_step(bench, server, level)
             out["steps"].append(step)
@@ -124,8 +136,9 @@ async def measure_overload(bench: Bench, kind: str, streams: int, loop: str | No
     to its end; refusals, failures and completions counted."""
     cfg = bench.cfg
     server = await bench.fresh_server(kind, loop=loop, shipped_limits=True)
-    started, cpu = time.monotonic(), server.cpu_seconds()
     try:
+        await warm_up(server, cfg.phase_time_limit)
+        started, cpu = time.monotonic(), server.cpu_seconds()
         async with loop_lag() as lag:
             tally = await run_paced(
                 server.url + GENERATE,

@@ -53,6 +53,7 @@ class Tally:
     upstream_late_ms: list[float] = field(default_factory=list)
     first_error: str | None = None
     wall_s: float = 0.0
+    window_s: float = 0.0  # the measured part of the run (after the ramp)
 
     def note_error(self, text: str) -> None:
         self.first_error = self.first_error or text[:300]
@@ -79,6 +80,7 @@ class Tally:
             "tokens": self.tokens,
             "tokens_per_s": round(self.tokens / self.wall_s, 1) if self.wall_s else math.nan,
             "tokens_per_read": round(self.tokens / self.reads, 2) if self.reads else math.nan,
+            "window_tokens_per_s": round(len(lat) / self.window_s, 1) if self.window_s else math.nan,
             "latency_samples": len(lat),
             "added_latency_p50_ms": round(percentile(lat, 50), 2),
             "added_latency_p99_ms": round(percentile(lat, 99), 2),
@@ -146,14 +148,17 @@ async def run_paced(
     stream_timeout: float = 120.0,
 ) -> Tally:
     """`clients` closed-loop clients: client i starts `ramp * i / clients` s in, each sends
-    requests (at least one) until `ramp + duration` s have passed. Added latency is recorded from the end of
-    the ramp to the end. With `wait_for_streams`, streams open at the end are read to their end
-    (each at most `stream_timeout` s); without, they are stopped there (the connection closed).
+    requests (at least one) until `ramp + duration` s have passed. Added latency is recorded from
+    the end of the ramp on. With `wait_for_streams`, streams open at the end are read to their end
+    (each at most `stream_timeout` s), and measured to it; without, they are stopped there (the
+    connection closed), and so is the measurement.
     Each client keeps one keep-alive connection (`bench.wire`), and opens another when it closes."""
     host, port, request = post_request(url, json.dumps(payload).encode())
     tally = Tally(clients)
     started = time.monotonic()
     window_start, end = started + ramp, started + ramp + duration
+    # Streams read to their end are measured to their end; stopped ones only until the stop.
+    window_end = math.inf if wait_for_streams else end
 
     async def client(i: int) -> None:
         await asyncio.sleep(ramp * i / clients)
@@ -162,13 +167,19 @@ async def run_paced(
         try:
             while first or time.monotonic() < end:  # every client sends at least one request
                 first = False
-                reader = EventReader(tally.latencies_ms, window_start, end)
+                reader = EventReader(tally.latencies_ms, window_start, window_end)
                 try:
                     async with asyncio.timeout(stream_timeout):
                         if conn is None or conn.closed:
                             conn = await Connection.open(host, port)
                         pause = await paced_stream(conn, request, tally, reader, delay)
+                except asyncio.CancelledError:  # stopped at the end of the run: its tokens still count
+                    tally.tokens += reader.contents
+                    tally.reads += reader.reads
+                    raise
                 except TimeoutError:
+                    tally.tokens += reader.contents
+                    tally.reads += reader.reads
                     tally.unfinished += 1
                     tally.note_error(f"still open after {stream_timeout:.0f} s ({reader.contents} tokens)")
                     return
@@ -198,6 +209,7 @@ async def run_paced(
         else:
             tally.stopped += len(stopped)
     tally.wall_s = time.monotonic() - started
+    tally.window_s = max(min(time.monotonic(), window_end) - window_start, 0.0)
     return tally
 
 

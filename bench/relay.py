@@ -54,7 +54,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.capacity import measure_capacity, measure_overload
+from bench.capacity import measure_capacity, measure_overload, warm_up
 from bench.common import LOOPS, interrupt_on_sigterm, new_event_loop, raise_nofile_limit
 from bench.config import PHASES, Config
 from bench.costs import measure_costs, measure_resumable
@@ -139,8 +139,11 @@ async def run(cfg: Config) -> dict[str, Any]:
             bench = Bench(procs, upstream_url, upstream_proc.pid, cfg)
             try:
                 probe = await bench.fresh_server("service")
-                runtime = probe.runtime()
-                procs.stop(probe.proc)
+                try:
+                    await warm_up(probe, cfg.phase_time_limit)
+                    runtime = probe.runtime()
+                finally:
+                    procs.stop(probe.proc)
                 results["machine"].update(service_loop=runtime["loop"], service_orjson=runtime["orjson"])
             except ServerFailed as exc:
                 print(f"the service does not start: {exc}", file=sys.stderr)

@@ -92,9 +92,9 @@ def _print_capacity(results: dict[str, Any]) -> None:
             verdict = "carried" if step["carried"] else "not carried"
             print(
                 f"  {'again' if step.get('retry') else '':>5}{step['level']:>5} streams: p99 {_fmt(step['added_latency_p99_ms'], 1):>7} ms, "
-                f"p50 {_fmt(step['added_latency_p50_ms'], 1):>6} ms, {_fmt(step['tokens_per_s'], 0):>7} tokens/s, "
+                f"p50 {_fmt(step['added_latency_p50_ms'], 1):>6} ms, {_fmt(step['window_tokens_per_s'], 0):>7} tokens/s, "
                 f"server CPU {_fmt(step['server_cpu_pct'], 0):>3} %, {step['refused_retry_after']} refused, "
-                f"{step['requests'] - step['completed'] - step['stopped_at_end']} not completed; rig lag p99: load "
+                f"{step['failures']} failed; rig lag p99: load "
                 f"generator {_fmt(step['client_lag_p99_ms'], 1)} ms, upstream {_fmt(step['upstream_late_p99_ms'], 1)} ms"
                 f": {verdict}"
             )
