@@ -29,7 +29,8 @@ def _load_notes(results: dict[str, Any], kind: str) -> list[str]:
         )
     paced = costs.get("paced", {})
     if paced.get("first_error"):
-        out.append(f"{kind} paced phase: {paced['requests'] - paced['completed']} streams not completed, first: {paced['first_error']}")
+        missing = paced["requests"] - paced["completed"]
+        out.append(f"{kind} paced phase: {missing} streams not completed, first: {paced['first_error']}")
     if isinstance(paced.get("tokens_per_read"), float) and paced["tokens_per_read"] > BATCHED:
         out.append(
             f"{kind} paced phase: {paced['tokens_per_read']} tokens per read: tokens came batched, not one a "

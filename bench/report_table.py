@@ -91,7 +91,8 @@ def _print_capacity(results: dict[str, Any]) -> None:
         for step in sweep["steps"]:
             verdict = "carried" if step["carried"] else "not carried"
             print(
-                f"  {'again' if step.get('retry') else '':>5}{step['level']:>5} streams: p99 {_fmt(step['added_latency_p99_ms'], 1):>7} ms, "
+                f"  {'again' if step.get('retry') else '':>5}{step['level']:>5} streams: "
+                f"p99 {_fmt(step['added_latency_p99_ms'], 1):>7} ms, "
                 f"p50 {_fmt(step['added_latency_p50_ms'], 1):>6} ms, {_fmt(step['window_tokens_per_s'], 0):>7} tokens/s, "
                 f"server CPU {_fmt(step['server_cpu_pct'], 0):>3} %, {step['refused_retry_after']} refused, "
                 f"{step['failures']} failed; rig lag p99: load "
@@ -194,8 +195,9 @@ def print_table(results: dict[str, Any]) -> None:
         f"{machine['cpus']} CPUs, load average {machine['loadavg_start'][0]:.1f} at start"
     )
     print(f"servers run by {cfg['python'] or machine['python']}; CPUs: {machine['placement']}")
+    asked = f"AI_EVENT_LOOP={cfg['service_loop']}" if cfg["service_loop"] else "as it ships"
     print(
-        f"service event loop: {machine.get('service_loop', '?')} ({cfg['service_loop'] and 'AI_EVENT_LOOP=' + cfg['service_loop'] or 'as it ships'}); "
+        f"service event loop: {machine.get('service_loop', '?')} ({asked}); "
         f"fake upstream and load generator on {cfg['rig_loop']}"
     )
     rows = _rows(results)

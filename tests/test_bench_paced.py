@@ -111,7 +111,11 @@ async def test_the_lean_client_reads_a_chunked_answer_however_it_is_split(piece)
     from bench.timing import EventReader
     from bench.wire import Connection
 
-    events = [b'data: {"type":"content","text":"1.5000"}\n\n', b'data: {"type":"content","text":" a"}\n\n', b'data: {"type":"done"}\n\n']
+    events = [
+        b'data: {"type":"content","text":"1.5000"}\n\n',
+        b'data: {"type":"content","text":" a"}\n\n',
+        b'data: {"type":"done"}\n\n',
+    ]
     raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(*events)
     conn, transport = Connection(), FakeTransport()
     conn.connection_made(transport)
@@ -127,7 +131,8 @@ async def test_the_lean_client_reads_a_chunked_answer_however_it_is_split(piece)
     refusal = b'{"error":"Busy.","code":"overloaded"}'
     pending = asyncio.ensure_future(conn.request(b"POST / HTTP/1.1\r\n\r\n", EventReader()))
     await asyncio.sleep(0)
-    conn.data_received(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n" % len(refusal) + refusal)
+    head = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n" % len(refusal)
+    conn.data_received(head + refusal)
     resp = await pending
     assert (resp.status, resp.headers["retry-after"], resp.body) == (503, "1", refusal)
 
