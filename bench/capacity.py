@@ -8,8 +8,8 @@ end all the time, as they do in production; the added latency of every token rea
 the clients are stopped. N is carried when the p99 added latency is at most `latency_limit_ms`
 and no stream was refused or failed; a level that fails is tried once more (not with `--quick`)
 and counts as carried if the second try is. `bench.timing.CapacitySearch` picks the levels
-(doubling, then bisecting, within `capacity_steps` levels), all on one server process with a
-pause between steps. Each step also reports the server's CPU use: a level that fails far below
+(doubling, then bisecting, within `capacity_steps` levels), all on one server process per sweep,
+the sweeps taking their steps in turn. Each step also reports the server's CPU use: a level that fails far below
 100 % was slowed by something else on the machine.
 
 **Overload**: `overload_factor` x the service's capacity in clients, every stream read to its end
@@ -79,56 +79,92 @@ async def capacity_step(bench: Bench, server: Server, level: int) -> dict[str, A
     return summary
 
 
-async def capacity_sweep(bench: Bench, kind: str, loop: str | None) -> dict[str, Any]:
-    """The capacity search against one fresh server (`loop`: see `Bench.fresh_server`)."""
-    cfg = bench.cfg
-    try:
-        server = await bench.fresh_server(kind, loop=loop)
-    except ServerFailed as exc:
-        return {"error": str(exc)}
-    search = CapacitySearch(cfg.capacity_start, cfg.capacity_limit, cfg.capacity_steps, cfg.capacity_resolution)
-    requested = loop or (cfg.service_loop if kind == "service" else "asyncio")
-    out: dict[str, Any] = {"requested_loop": requested, "steps": []}
-    try:
-        await warm_up(server, cfg.phase_time_limit)
-        out.update(server.runtime())  # after the warm-up: a codec may be loaded on first use
-        while (level := search.next_level()) is not None:
-            step = await capacity_step(bench, server, level)
-            out["steps"].append(step)
-            if not step["carried"] and cfg.confirm_failures and server.proc.poll() is None:
-                # One more try before a level counts as failed: another process on the machine
-                # can spoil a step's p99 (the server's CPU use then stays low).
-                await asyncio.sleep(SETTLE_S)
-                step = await capacity_step(bench, server, level)
-                step["retry"] = True
-                out["steps"].append(step)
-            search.record(level, step["carried"])
-            print(
-                f"        {kind} at {level} streams: added latency p99 {step['added_latency_p99_ms']} ms, "
-                f"{step['refused_retry_after']} refused, {'carried' if step['carried'] else 'not carried'}",
-                file=sys.stderr,
-                flush=True,
-            )
-            if server.proc.poll() is not None:
-                out["error"] = f"{kind} exited during the sweep:\n{server.log_tail()}"
-                break
+class Sweep:
+    """One server's capacity search: its process, the search, and what each step measured."""
+
+    def __init__(self, bench: Bench, kind: str, loop: str | None) -> None:
+        cfg = bench.cfg
+        self.bench, self.kind, self.loop = bench, kind, loop
+        self.server: Server | None = None
+        self.search = CapacitySearch(cfg.capacity_start, cfg.capacity_limit, cfg.capacity_steps, cfg.capacity_resolution)
+        requested = loop or (cfg.service_loop if kind == "service" else "asyncio")
+        self.out: dict[str, Any] = {"requested_loop": requested, "steps": []}
+
+    async def start(self) -> None:
+        """A fresh server, warmed up; its loop and codec are read after the warm-up (a codec may
+        be loaded on first use). A server that does not start ends the sweep with the reason."""
+        try:
+            self.server = await self.bench.fresh_server(self.kind, loop=self.loop)
+            await warm_up(self.server, self.bench.cfg.phase_time_limit)
+        except ServerFailed as exc:
+            self.out["error"] = str(exc)
+            self.stop()
+            return
+        self.out.update(self.server.runtime())
+
+    @property
+    def active(self) -> bool:
+        return self.server is not None and self.search.next_level() is not None
+
+    async def step(self) -> None:
+        """The search's next level (tried twice when the first try fails and failures are confirmed)."""
+        server, cfg = self.server, self.bench.cfg
+        level = self.search.next_level()
+        assert server is not None and level is not None
+        step = await capacity_step(self.bench, server, level)
+        self.out["steps"].append(step)
+        if not step["carried"] and cfg.confirm_failures and server.proc.poll() is None:
+            # One more try before a level counts as failed: another process on the machine can
+            # spoil a step's p99 (the server's CPU use then stays low).
             await asyncio.sleep(SETTLE_S)
-    finally:
-        bench.procs.stop(server.proc)
-    out.update(capacity=search.capacity, failed_at=search.failed_at, settled=search.settled)
-    return out
+            step = await capacity_step(self.bench, server, level)
+            step["retry"] = True
+            self.out["steps"].append(step)
+        self.search.record(level, step["carried"])
+        print(
+            f"        {self.kind} ({self.out.get('loop')}) at {level} streams: added latency p99 "
+            f"{step['added_latency_p99_ms']} ms, {step['refused_retry_after']} refused, "
+            f"{'carried' if step['carried'] else 'not carried'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if server.proc.poll() is not None:
+            self.out["error"] = f"{self.kind} exited during the sweep:\n{server.log_tail()}"
+            self.stop()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.bench.procs.stop(self.server.proc)
+            self.server = None
+
+    def result(self) -> dict[str, Any]:
+        search = self.search
+        return {**self.out, "capacity": search.capacity, "failed_at": search.failed_at, "settled": search.settled}
 
 
 async def measure_capacity(bench: Bench) -> dict[str, Any]:
     """The service as configured, the baseline on the loop the service runs, and, when that is not
-    asyncio's, the baseline on asyncio's default loop too (the bare baseline)."""
-    out: dict[str, Any] = {}
-    out["service"] = service = await capacity_sweep(bench, "service", None)
-    loop = service.get("loop", "asyncio")
-    out["baseline_same_loop"] = await capacity_sweep(bench, "baseline", loop)
+    asyncio's, the baseline on asyncio's default loop too (the bare baseline).
+
+    The sweeps take their steps in turn (service, baseline, ...), each server idle while another
+    is measured, so that a busy spell of the machine falls on all of them rather than on one."""
+    service = Sweep(bench, "service", None)
+    await service.start()
+    loop = str(service.out.get("loop", "asyncio"))
+    sweeps = {"service": service, "baseline_same_loop": Sweep(bench, "baseline", loop)}
     if loop != "asyncio":
-        out["baseline_asyncio"] = await capacity_sweep(bench, "baseline", "asyncio")
-    return out
+        sweeps["baseline_asyncio"] = Sweep(bench, "baseline", "asyncio")
+    try:
+        for sweep in list(sweeps.values())[1:]:
+            await sweep.start()
+        while active := [sweep for sweep in sweeps.values() if sweep.active]:
+            for sweep in active:
+                await sweep.step()
+                await asyncio.sleep(SETTLE_S)
+    finally:
+        for sweep in sweeps.values():
+            sweep.stop()
+    return {key: sweep.result() for key, sweep in sweeps.items()}
 
 
 async def measure_overload(bench: Bench, kind: str, streams: int, loop: str | None) -> dict[str, Any]:
