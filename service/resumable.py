@@ -26,7 +26,7 @@ from aiohttp import web
 from providers.base import AttemptStarted, ModelRequest, Provider, ProviderError
 from service.answer import AnswerEnd, Cutoff, _consume
 from service.answer_log import AnswerInfo, AnswerLog, AnswerLogs, BufferGone
-from service.app_keys import ANSWER_LOGS, ANSWER_MIRROR, REQUEST_ID, SETTINGS
+from service.app_keys import ANSWER_LOGS, ANSWER_MIRROR, REDIS, REQUEST_ID, SETTINGS, STORAGE
 from service.event_ids import ANSWER_ID_HEADER
 from service.formats import WireFormat
 from service.outcome import Outcome, internal_error
@@ -61,15 +61,15 @@ async def stream_resumable(
         info, headers={**wire.headers, ANSWER_ID_HEADER: info.answer_id}, keepalive=wire.keepalive
     )
     answer_log.attach()  # before the producer starts: the answer is never without its first reader
+    mirror = app.get(ANSWER_MIRROR)
+    if mirror is not None:
+        await mirror.publish(answer_log)
     cutoff = Cutoff()
     in_flight.add(cutoff)  # shutdown drains it like any answer
     answer_log.producer = asyncio.create_task(
         _produce(answer_log, provider, model_request, wire, end, outcome, cutoff, deadline, in_flight, request[REQUEST_ID]),
         name=f"answer-{info.answer_id}",
     )
-    mirror = app.get(ANSWER_MIRROR)
-    if mirror is not None:
-        mirror.publish(answer_log)
     return await read_answer(request, answer_log, 0, attached=True)
 
 
@@ -170,9 +170,10 @@ async def read_answer(request: web.Request, answer_log: AnswerLog, after: int, *
 
 
 async def answers_context(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the resumable answers of this process. At the end (after the shutdown's
-    drain, which ends every answer in progress), a producer still running is cancelled and
-    waited for, so that its answer is stored before the store closes."""
+    """cleanup_ctx: the resumable answers of this process (and, with REDIS_URL, their copy on
+    Redis). At the end (after the shutdown's drain, which ends every answer in progress), a
+    producer still running is cancelled and waited for, so that its answer is stored before
+    the store closes and its last events reach Redis."""
     settings = app[SETTINGS]
     logs = AnswerLogs(
         buffer_bytes=settings.resume_buffer_bytes,
@@ -181,14 +182,25 @@ async def answers_context(app: web.Application) -> AsyncIterator[None]:
         abandon_after=settings.resume_abandon_after,
     )
     app[ANSWER_LOGS] = logs
+    mirror = None
+    if app[REDIS].configured:
+        from service.resume_redis import AnswerMirror
+
+        mirror = AnswerMirror(app[REDIS], logs, settings, app[STORAGE].writer)
+        app[ANSWER_MIRROR] = mirror
+        await mirror.start()
     sweeper = asyncio.create_task(_sweep(logs, min(5.0, max(settings.resume_retention / 4, 0.05))))
     yield
     sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
     producers = list(logs.producers())
     for producer in producers:
         producer.cancel()
     if producers:
         await asyncio.wait(producers, timeout=settings.shutdown_write_timeout)
+    if mirror is not None:
+        await mirror.close(settings.shutdown_write_timeout)
 
 
 async def _sweep(logs: AnswerLogs, interval: float) -> None:

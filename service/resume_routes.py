@@ -15,6 +15,8 @@ like an unknown one. The answer is read from this process when it holds it, else
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -26,6 +28,8 @@ from service.conversations import owner_of
 from service.errors import ApiError
 from service.event_ids import ANSWER_ID_PATTERN, parse_after
 from service.resumable import read_answer
+from service.resume_redis import is_redis_failure
+from service.resume_remote import Gone, replay_remote
 from service.schemas import THREAD_ID_PATTERN
 from service.security import opens_answer
 from service.threads import query_user_id
@@ -75,24 +79,6 @@ def _after(request: web.Request, answer_id: str) -> int:
     return after
 
 
-def _elsewhere(request: web.Request) -> ApiError:
-    """Not held here, and Redis cannot tell where it is: a JSON error, never a hang."""
-    link = request.app[REDIS]
-    if link.configured:
-        return unavailable()
-    if request.app[SETTINGS].workers > 1:
-        return unavailable(OTHER_WORKER)
-    return not_found()
-
-
-def _remote(request: web.Request) -> AnswerMirror | None:
-    """The Redis side of resumes, when it is configured and answering."""
-    mirror = request.app.get(ANSWER_MIRROR)
-    if mirror is None or not request.app[REDIS].up:
-        return None
-    return mirror
-
-
 @opens_answer
 async def resume_answer(request: web.Request) -> web.StreamResponse:
     answer_id = _answer_id(request)
@@ -104,9 +90,11 @@ async def resume_answer(request: web.Request) -> web.StreamResponse:
             raise not_found()
         return await _replay(request, answer_log, after)
     mirror = _remote(request)
-    if mirror is None:
-        raise _elsewhere(request)
-    return await mirror.replay(request, answer_id, owner, after)
+    async with _reading(mirror, request):
+        answer = await mirror.remote(answer_id)
+        if answer is None or not owns(answer.info, owner):
+            raise not_found()
+        return await replay_remote(request, mirror, answer, after)
 
 
 async def _replay(request: web.Request, answer_log: AnswerLog, after: int) -> web.StreamResponse:
@@ -130,13 +118,15 @@ async def cancel_answer(request: web.Request) -> web.Response:
         producer = answer_log.producer
         cancelled = answer_log.stop("cancelled")
         if cancelled and producer is not None:
-            # Answer once it is stopped and stored (shielded: a client leaving does not matter).
+            # Answer once it is stopped and stored (waiting does not cancel it).
             await asyncio.wait([producer], timeout=CANCEL_WAIT)
         return web.json_response({"answer_id": answer_id, "cancelled": cancelled})
     mirror = _remote(request)
-    if mirror is None:
-        raise _elsewhere(request)
-    cancelled = await mirror.cancel(answer_id, owner)
+    async with _reading(mirror, request):
+        answer = await mirror.remote(answer_id)
+        if answer is None or not owns(answer.info, owner):
+            raise not_found()
+        cancelled = await mirror.cancel(answer, CANCEL_WAIT)
     return web.json_response({"answer_id": answer_id, "cancelled": cancelled})
 
 
@@ -151,14 +141,44 @@ async def resume_chat(request: web.Request) -> web.StreamResponse:
         if answer_log.dropped:
             raise gone()  # the SDK rebuilds the message from a full replay only
         return await read_answer(request, answer_log, 0)
-    mirror = _remote(request)
-    if mirror is None:
-        if request.app[REDIS].configured:
-            raise unavailable()
-        # Without Redis only this process can tell; with several workers another one may hold
-        # the chat's answer, but a 204 keeps every page load working (see README).
+    if not request.app[REDIS].configured:
+        # Only this process can tell; with several workers another one may hold the chat's
+        # answer, but a 204 keeps every page load working (see README).
         return web.Response(status=204)
-    return await mirror.replay_chat(request, chat_id, owner)
+    mirror = _remote(request)
+    async with _reading(mirror, request):
+        answer_id = await mirror.chat_answer(owner, chat_id)
+        answer = await mirror.remote(answer_id) if answer_id is not None else None
+        if answer is None or answer.ended or not owns(answer.info, owner):
+            return web.Response(status=204)
+        return await replay_remote(request, mirror, answer, 0)
+
+
+def _remote(request: web.Request) -> AnswerMirror:
+    """The Redis side of resumes; a JSON error when it cannot tell (never a hang)."""
+    mirror = request.app.get(ANSWER_MIRROR)
+    link = request.app[REDIS]
+    if mirror is not None and link.up:
+        return mirror
+    if link.configured:
+        raise unavailable()
+    if request.app[SETTINGS].workers > 1:
+        raise unavailable(OTHER_WORKER)
+    raise not_found()
+
+
+@contextlib.asynccontextmanager
+async def _reading(mirror: AnswerMirror, request: web.Request) -> AsyncIterator[None]:
+    """Redis failing before the stream starts: 503 `resume_unavailable` (and the link told)."""
+    try:
+        yield
+    except Gone:
+        raise gone() from None
+    except Exception as exc:
+        if not is_redis_failure(exc):
+            raise
+        mirror.link.failed("resume_read", exc)
+        raise unavailable() from None
 
 
 def add_resume_routes(app: web.Application) -> None:
