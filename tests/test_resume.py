@@ -183,3 +183,19 @@ async def test_several_readers_at_once_each_get_the_whole_answer(resume_client, 
     readers = [await resume_client.get(url) for _ in range(3)]
     bodies = await asyncio.gather(resp.read(), *(reader.read() for reader in readers))
     assert all(body == bodies[0] for body in bodies) and typed_text(bodies[0]) == "".join(TOKENS)
+
+
+async def test_browsers_may_resume_from_another_origin(make_client, store_target, fake_upstream):
+    """CORS: the answer id is readable by the page's script, and a resume may send Last-Event-ID."""
+    client = await make_client(database_url=store_target.url, cors_origins="https://app.example.com")
+    origin = {"Origin": "https://app.example.com"}
+    resp = await client.post("/ai/stream/chat", json=turn(), headers=origin)
+    assert "X-Answer-ID" in resp.headers["Access-Control-Expose-Headers"]
+    await resp.read()
+    url = f"/ai/stream/answers/{resp.headers['X-Answer-ID']}"
+    preflight = await client.options(url, headers={**origin, "Access-Control-Request-Method": "GET",
+                                                   "Access-Control-Request-Headers": "last-event-id"})
+    assert preflight.status == 200
+    assert "last-event-id" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    cancel = await client.options(url + "/cancel", headers={**origin, "Access-Control-Request-Method": "POST"})
+    assert cancel.status == 200
