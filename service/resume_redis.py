@@ -1,9 +1,10 @@
 """Resumable answers across replicas, on Redis (REDIS_URL).
 
 The producing process copies each answer's numbered events to a Redis Stream of its own
-(`<prefix>answer:<id>:events`, entry id `0-<seq>`, `XADD` with an approximate `MAXLEN` cap and a
-TTL on the key), in one pipeline for all of its answers every AI_RESUME_FLUSH_INTERVAL seconds:
-never a Redis round trip per token. Beside the stream, `...:meta` (a hash: owner, format,
+(`<prefix>answer:<id>:events`; `XADD` with an approximate `MAXLEN` cap and a TTL on the key), in
+one pipeline for all of its answers every AI_RESUME_FLUSH_INTERVAL seconds: one entry per answer
+and flush, holding the events since the last one (entry id `0-<seq of its last event>`, field
+`f` the seq of its first), so that neither a Redis round trip nor a command is spent per token. Beside the stream, `...:meta` (a hash: owner, format,
 headers, state) says whose it is and whether it ended, `...:lease` (a key with a TTL of
 LEASE_TTL, renewed every second while the answer is produced) says that its producer lives, and
 `<prefix>chat:<owner>:<chat id>` names a UI chat's latest answer. A cancel is published on
@@ -44,8 +45,9 @@ LEASE_RENEW = 1.0  # seconds between renewals of the leases of answers in progre
 READ_BLOCK_MS = 500  # one XREAD BLOCK: under the client's socket timeout
 READ_COUNT = 500
 ANNOUNCE_TIMEOUT = 0.25  # what a slow Redis may add before an answer's headers, at most
-_TERMINAL = b"t"
-_EVENT = b"e"
+_TERMINAL = b"t"  # on the entry whose last event is the terminal one
+_EVENT = b"e"  # the entry's events, as sent
+_FIRST = b"f"  # the seq of its first event
 
 
 def is_redis_failure(exc: BaseException) -> bool:
@@ -142,7 +144,8 @@ class AnswerMirror:
         self.retention_ms = int(settings.resume_retention * 1000)
         # Live answers end within AI_REQUEST_TIMEOUT; their keys outlive that by the retention.
         self.live_ttl_ms = int((settings.request_timeout + settings.resume_retention + 60) * 1000)
-        self.max_events = max(1000, settings.resume_buffer_bytes // 64)  # the stream's length cap
+        # The stream's length cap, in entries (one per flush that found new events).
+        self.max_entries = max(1000, settings.resume_buffer_bytes // 1024)
         self._copies: dict[str, _Copy] = {}
         self._renewed = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -216,13 +219,14 @@ class AnswerMirror:
                 pipe.set(self.keys.lease(answer_id), self.instance, px=LEASE_TTL_MS)
             first = max(copy.flushed, answer_log.dropped) + 1  # what was dropped before a copy is gone
             if first <= last:
+                # One entry for the events since the last flush: id `0-<its last seq>`, and the
+                # seq of its first event, so that a reader can start in the middle of one.
                 events_key = self.keys.events(answer_id)
                 base = answer_log.dropped + 1
-                for seq in range(first, last + 1):
-                    fields = {_EVENT: answer_log.events[seq - base]}
-                    if ended and seq == last:
-                        fields[_TERMINAL] = b"1"
-                    pipe.xadd(events_key, fields, id=f"0-{seq}", maxlen=self.max_events, approximate=True)
+                fields = {_EVENT: b"".join(answer_log.events[first - base : last - base + 1]), _FIRST: b"%d" % first}
+                if ended:
+                    fields[_TERMINAL] = b"1"
+                pipe.xadd(events_key, fields, id=f"0-{last}", maxlen=self.max_entries, approximate=True)
                 pipe.pexpire(events_key, self.retention_ms if ended else self.live_ttl_ms)
             if ended:
                 self._close(pipe, answer_log)

@@ -22,6 +22,7 @@ from service.formats.ui_message_stream import UIMessageStream
 from service.outcome import SHUTDOWN_MESSAGE
 from service.resume_redis import (
     _EVENT,
+    _FIRST,
     _TERMINAL,
     READ_BLOCK_MS,
     READ_COUNT,
@@ -46,6 +47,16 @@ def _seq(entry_id: bytes) -> int:
     return int(entry_id.partition(b"-")[2])
 
 
+def _after(events: bytes, first: int, seq: int) -> bytes:
+    """The events of an entry (numbered from `first`) that come after number `seq`: an entry
+    may start before the reader's position (it began reading in the middle of one, or an entry
+    was copied again after an outage)."""
+    start = 0
+    for _ in range(seq - first + 1):
+        start = events.index(b"\n\n", start) + 2  # an event never holds a blank line
+    return events[start:]
+
+
 def _ending(answer: RemoteAnswer, seq: int, error: ProviderError) -> bytes:
     """A terminal event of the answer's format, numbered after `seq`, written by this reader."""
     wire: WireFormat = FORMATS[answer.info.format]()
@@ -63,7 +74,7 @@ async def replay_remote(request: web.Request, mirror: AnswerMirror, answer: Remo
         return web.Response(status=204)
     key = mirror.keys.events(answer.info.answer_id)
     first = await mirror.client.xrange(key, count=1)
-    if (first and _seq(first[0][0]) > after + 1) or (not first and answer.ended):
+    if (first and int(first[0][1][_FIRST]) > after + 1) or (not first and answer.ended):
         raise Gone
     settings = request.app[SETTINGS]
     response = EventStream(ping_interval=settings.keepalive_interval, keepalive=answer.keepalive, headers=answer.headers)
@@ -108,11 +119,11 @@ async def _follow(response: EventStream, mirror: AnswerMirror, answer: RemoteAns
             events = []
             terminal = False
             for entry_id, fields in result[0][1]:
-                number = _seq(entry_id)
-                if number != seq + 1:
+                first, last = int(fields[_FIRST]), _seq(entry_id)
+                if first > seq + 1:
                     raise Gone  # trimmed by the length cap before this reader got there
-                events.append(fields[_EVENT])
-                seq = number
+                events.append(_after(fields[_EVENT], first, seq))
+                seq = last
                 if _TERMINAL in fields:
                     terminal = True
                     break

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from tests.conftest import event_ids
 from tests.fake_upstream import Scenario
 from tests.redis_fixtures import private_redis, redis_prefix, redis_url  # noqa: F401
 from tests.storage_fixtures import StoreTarget
@@ -169,3 +170,24 @@ async def test_redis_stopped_mid_run(make_client, pg_target, fake_upstream, priv
             break
         await asyncio.sleep(0.05)
     assert back.status == 200 and await back.read() == whole
+
+
+async def test_a_resume_from_the_middle_of_a_copied_batch(make_client, pg_target, fake_upstream, redis_url, redis_prefix):  # noqa: F811
+    """A flush copies every event since the last one as one entry: a resume may start inside it."""
+    settings = {"database_url": pg_target.url, "redis_url": redis_url, "redis_key_prefix": redis_prefix,
+                "resume_flush_interval": 0.3}
+    one, other = await make_client(**settings), await make_client(**settings)
+    fake_upstream.script("claude-primary", Scenario(tokens=TOKENS))  # all of it before the first flush
+    resp = await one.post("/ai/stream/chat", json=turn())
+    whole = await resp.read()
+    await asyncio.sleep(0.6)
+    answer_id = resp.headers["X-Answer-ID"]
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        assert await client.xlen(f"{redis_prefix}answer:{answer_id}:events") == 1  # one entry: the whole answer
+    finally:
+        await client.aclose()
+    tail = await (await other.get(f"/ai/stream/answers/{answer_id}", params={"after": "7"})).read()
+    assert whole.endswith(tail) and event_ids(tail)[0] == (answer_id, 8)
+    assert typed_text(tail) == "".join(TOKENS[7:])
+    assert await (await other.get(f"/ai/stream/answers/{answer_id}")).read() == whole
