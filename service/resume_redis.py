@@ -290,10 +290,8 @@ class AnswerMirror:
                             answer_log.stop("cancelled")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis went away: listen again once it is back
-                if is_redis_failure(exc):
-                    self.link.failed("resume_cancel_listen", exc)
-                else:
+            except Exception as exc:  # Redis went away: listen again once the link's probe sees it back
+                if not is_redis_failure(exc):
                     log.exception("resume_cancel_listen_failed")
                 await asyncio.sleep(self.link.check_interval)
             finally:
