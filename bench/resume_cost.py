@@ -2,7 +2,7 @@
 same streams, as today's answers (numbered events, cancelled with their client), as resumable
 answers kept in the process, and as resumable answers copied to Redis.
 
-    python -m bench.resume_cost [--requests N] [--rounds R] [--redis-url URL]
+    python -m bench.resume_cost [--requests N] [--rounds R] [--token-delay S] [--redis-url URL]
 
 The fake upstream (`bench.upstream`), the service (`python -m service`, on a CPU of its own when
 there are two) and the load all run on 127.0.0.1, as in `python -m bench.relay`; each mode gets a
@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace) -> dict[str, list[float]]:
         try:
             if placement:
                 os.sched_setaffinity(0, placement.rest)
-            _, upstream_url = start_upstream(procs, 200, 0.0, max_seconds=1800)
+            _, upstream_url = start_upstream(procs, 200, args.token_delay, max_seconds=1800)
             for round_ in range(args.rounds):
                 for mode, (payload, extra) in MODES.items():
                     env = {"REDIS_URL": args.redis_url, "AI_REDIS_KEY_PREFIX": prefix} if extra.get("redis") else {}
@@ -84,12 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000, help="measured streams per mode and round (default 1000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every mode (default 3)")
+    parser.add_argument("--token-delay", type=float, default=0.0,
+                        help="seconds between upstream tokens (default 0: every stream a firehose)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args(argv)
     interrupt_on_sigterm()
     started = time.monotonic()
     figures = asyncio.run(run(args))
-    print(f"service CPU per 1,000 relayed tokens (200-token streams, 50 clients, median of {args.rounds}; "
+    print(f"service CPU per 1,000 relayed tokens (200-token streams, {args.token_delay * 1000:g} ms apart, 50 clients, "
+          f"median of {args.rounds}; "
           f"{time.monotonic() - started:.0f} s):")
     base = statistics.median(figures["today's answer"])
     for mode, values in figures.items():

@@ -61,15 +61,19 @@ async def stream_resumable(
         info, headers={**wire.headers, ANSWER_ID_HEADER: info.answer_id}, keepalive=wire.keepalive
     )
     answer_log.attach()  # before the producer starts: the answer is never without its first reader
-    mirror = app.get(ANSWER_MIRROR)
-    if mirror is not None:
-        await mirror.publish(answer_log)
     cutoff = Cutoff()
     in_flight.add(cutoff)  # shutdown drains it like any answer
     answer_log.producer = asyncio.create_task(
         _produce(answer_log, provider, model_request, wire, end, outcome, cutoff, deadline, in_flight, request[REQUEST_ID]),
         name=f"answer-{info.answer_id}",
     )
+    mirror = app.get(ANSWER_MIRROR)
+    if mirror is not None:
+        try:
+            await mirror.publish(answer_log)  # before the headers: any replica can find it first
+        except BaseException:
+            answer_log.detach()  # the client left already: the answer goes on, for a resume
+            raise
     return await read_answer(request, answer_log, 0, attached=True)
 
 
