@@ -150,6 +150,10 @@ class AnswerMirror:
         self._renewed = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
+    def __len__(self) -> int:
+        """The answers whose copy on Redis is not complete yet."""
+        return len(self._copies)
+
     @property
     def client(self) -> Redis:
         assert self.link.client is not None
@@ -253,9 +257,14 @@ class AnswerMirror:
     def _copy_again(self) -> None:
         """Redis went down (whoever noticed): what it had may be lost with it (a restart), so once
         it is back each answer is announced and copied again from its first kept event (events
-        already there are refused as such, and that is fine)."""
-        for copy in self._copies.values():
-            copy.flushed, copy.announced = 0, False
+        already there are refused as such, and that is fine). Answers that ended longer ago than
+        their retention are not copied any more: a long outage must not keep them in memory."""
+        until = time.monotonic() - self.retention_ms / 1000
+        for answer_id, copy in list(self._copies.items()):
+            if copy.log.ended and copy.log.ended_at < until:
+                del self._copies[answer_id]
+            else:
+                copy.flushed, copy.announced = 0, False
 
     def _announce(self, pipe: Any, answer_log: AnswerLog) -> None:
         answer_id, info = answer_log.answer_id, answer_log.info

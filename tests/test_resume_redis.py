@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from service.app_keys import ANSWER_LOGS, ANSWER_MIRROR
 from tests.conftest import event_ids
 from tests.fake_upstream import Scenario
 from tests.redis_fixtures import private_redis, redis_prefix, redis_url  # noqa: F401
@@ -191,3 +192,20 @@ async def test_a_resume_from_the_middle_of_a_copied_batch(make_client, pg_target
     assert whole.endswith(tail) and event_ids(tail)[0] == (answer_id, 8)
     assert typed_text(tail) == "".join(TOKENS[7:])
     assert await (await other.get(f"/ai/stream/answers/{answer_id}")).read() == whole
+
+
+async def test_a_long_outage_keeps_no_ended_answer_in_memory(make_client, pg_target, fake_upstream, private_redis, redis_prefix):  # noqa: F811
+    settings = {"database_url": pg_target.url, "redis_url": private_redis.url, "redis_key_prefix": redis_prefix,
+                "redis_check_interval": 0.1, "resume_flush_interval": 0.02, "resume_retention": 0.3}
+    client = await make_client(**settings)
+    private_redis.stop()
+    for n in range(3):
+        resp = await client.post("/ai/stream/chat", json=turn(thread_id=f"down-{n}"))
+        assert terminals(await resp.read())[0]["type"] == "done"  # answers go on without Redis
+    mirror = client.app[ANSWER_MIRROR]
+    for _ in range(100):  # waiting for Redis, the copies of ended answers last their retention only
+        if not len(mirror):
+            break
+        await asyncio.sleep(0.05)
+    assert len(mirror) == 0
+    assert len(client.app[ANSWER_LOGS]) == 0
