@@ -105,7 +105,8 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
     `service.security.opens_answer`)."""
     settings = request.app[SETTINGS]
     if asked.resumable and not asked.stream:
-        raise invalid([{"field": "resumable", "message": "resumable needs a streamed answer: leave stream out or set it to true"}])
+        raise invalid([{"field": "resumable",
+                        "message": "resumable needs a streamed answer: leave stream out or set it to true"}])
     started = time.monotonic()
     user_limiter = request.app[USER_LIMITER]
     end_user = end_user_of(request, asked.user_id) if asked.user_id is not None else None

@@ -40,7 +40,8 @@ ABANDONED_MESSAGE = "The answer was stopped: nobody read it for too long."
 
 def stopped_error(reason: str | None) -> ProviderError:
     """The terminal error of an answer whose producer was cancelled on purpose."""
-    return ProviderError("cancelled", ABANDONED_MESSAGE if reason == "abandoned" else CANCELLED_MESSAGE)
+    # A code of the service's own, as `internal_error` is (not a provider's).
+    return ProviderError("cancelled", ABANDONED_MESSAGE if reason == "abandoned" else CANCELLED_MESSAGE)  # type: ignore[arg-type]
 
 
 async def stream_resumable(

@@ -4,10 +4,11 @@ The producing process copies each answer's numbered events to a Redis Stream of 
 (`<prefix>answer:<id>:events`; `XADD` with an approximate `MAXLEN` cap and a TTL on the key), in
 one pipeline for all of its answers every AI_RESUME_FLUSH_INTERVAL seconds: one entry per answer
 and flush, holding the events since the last one (entry id `0-<seq of its last event>`, field
-`f` the seq of its first), so that neither a Redis round trip nor a command is spent per token. Beside the stream, `...:meta` (a hash: owner, format,
-headers, state) says whose it is and whether it ended, `...:lease` (a key with a TTL of
-LEASE_TTL, renewed every second while the answer is produced) says that its producer lives, and
-`<prefix>chat:<owner>:<chat id>` names a UI chat's latest answer. A cancel is published on
+`f` the seq of its first), so that neither a Redis round trip nor a command is spent per
+token. Beside the stream, `...:meta` (a hash: owner, format, headers, state) says whose it is
+and whether it ended, `...:lease` (a key with a TTL of LEASE_TTL_MS, renewed every second while
+the answer is produced) says that its producer lives, and `<prefix>chat:<owner>:<chat id>`
+names a UI chat's latest answer. A cancel is published on
 `<prefix>answer-cancel`; every process listens, and the one producing the answer stops it.
 
 A resume that lands on a process that does not hold the answer reads the stream (`XREAD
@@ -25,7 +26,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -227,7 +228,9 @@ class AnswerMirror:
                 # seq of its first event, so that a reader can start in the middle of one.
                 events_key = self.keys.events(answer_id)
                 base = answer_log.dropped + 1
-                fields = {_EVENT: b"".join(answer_log.events[first - base : last - base + 1]), _FIRST: b"%d" % first}
+                fields: dict[Any, Any] = {
+                    _EVENT: b"".join(answer_log.events[first - base : last - base + 1]), _FIRST: b"%d" % first,
+                }
                 if ended:
                     fields[_TERMINAL] = b"1"
                 pipe.xadd(events_key, fields, id=f"0-{last}", maxlen=self.max_entries, approximate=True)
@@ -310,10 +313,10 @@ class AnswerMirror:
     async def remote(self, answer_id: str) -> RemoteAnswer | None:
         """The answer's meta, if Redis holds it (raises when Redis fails)."""
         meta = await self.client.hgetall(self.keys.meta(answer_id))  # type: ignore[misc]
-        return parse_meta(answer_id, meta)
+        return parse_meta(answer_id, cast(dict[bytes, bytes], meta))
 
     async def chat_answer(self, owner: Owner, chat_id: str) -> str | None:
-        answer_id = await self.client.get(self.keys.chat(owner, chat_id))
+        answer_id = cast(bytes | None, await self.client.get(self.keys.chat(owner, chat_id)))
         return answer_id.decode() if answer_id is not None else None
 
     async def cancel(self, answer: RemoteAnswer, wait: float) -> bool:

@@ -7,6 +7,7 @@ the stream then ends with an `error` event, `answer_lost`), or this process shut
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -16,7 +17,6 @@ from service.answer import Cutoff
 from service.app_keys import IN_FLIGHT, SETTINGS
 from service.body import invalid
 from service.event_ids import EventIds
-from service.formats import WireFormat
 from service.formats.typed_sse import TypedEvents
 from service.formats.ui_message_stream import UIMessageStream
 from service.outcome import SHUTDOWN_MESSAGE
@@ -39,6 +39,10 @@ LOST_MESSAGE = "The answer was cut off: the process writing it stopped. Ask agai
 FORMATS: dict[str, type[TypedEvents] | type[UIMessageStream]] = {"typed": TypedEvents, "ui": UIMessageStream}
 
 
+# A stream's entries as the client returns them (the connection does not decode responses).
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
 class Gone(Exception):
     """The events after the one asked for are no longer in the stream (its length cap)."""
 
@@ -59,7 +63,7 @@ def _after(events: bytes, first: int, seq: int) -> bytes:
 
 def _ending(answer: RemoteAnswer, seq: int, error: ProviderError) -> bytes:
     """A terminal event of the answer's format, numbered after `seq`, written by this reader."""
-    wire: WireFormat = FORMATS[answer.info.format]()
+    wire = FORMATS[answer.info.format]()
     wire.opening(answer.info.answer_id)
     return EventIds(answer.info.answer_id, seq).stamp(wire.failure(error))
 
@@ -73,7 +77,7 @@ async def replay_remote(request: web.Request, mirror: AnswerMirror, answer: Remo
     if answer.ended and after == answer.last_seq:
         return web.Response(status=204)
     key = mirror.keys.events(answer.info.answer_id)
-    first = await mirror.client.xrange(key, count=1)
+    first = cast(Entries, await mirror.client.xrange(key, count=1))
     if (first and int(first[0][1][_FIRST]) > after + 1) or (not first and answer.ended):
         raise Gone
     settings = request.app[SETTINGS]
@@ -114,7 +118,8 @@ async def _follow(response: EventStream, mirror: AnswerMirror, answer: RemoteAns
     answer_id = answer.info.answer_id
     key = mirror.keys.events(answer_id)
     while True:
-        result = await client.xread({key: f"0-{seq}"}, count=READ_COUNT, block=READ_BLOCK_MS)
+        result = cast(list[tuple[bytes, Entries]],
+                      await client.xread({key: f"0-{seq}"}, count=READ_COUNT, block=READ_BLOCK_MS))
         if result:
             events = []
             terminal = False
@@ -137,5 +142,6 @@ async def _follow(response: EventStream, mirror: AnswerMirror, answer: RemoteAns
             if state == b"ended":
                 continue  # its end is in the stream: the next read gets it
             log.warning("resumed_answer_lost", answer_id=answer_id)
-            await response.write(_ending(answer, seq, ProviderError("answer_lost", LOST_MESSAGE)))
+            lost = ProviderError("answer_lost", LOST_MESSAGE)  # type: ignore[arg-type]  # the service's own code
+            await response.write(_ending(answer, seq, lost))
             return seq + 1
