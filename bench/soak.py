@@ -64,6 +64,8 @@ SERVICE_SETTINGS: dict[str, Any] = {
     "first_token_timeout": 0.3, "idle_timeout": 0.3, "request_timeout": 3.0, "retry_after_max": 0.2,
     "keepalive_interval": 0.2, "cooldown_seconds": 0.5, "rate_limit_rpm": 0, "max_concurrent_streams": 0,
     "max_total_streams": 0, "log_level": "warning", "body_timeout": BODY_TIMEOUT,
+    # Ended resumable answers are kept this long: gone by the time the census counts objects.
+    "resume_retention": 0.05,
 }
 TASK_SLACK = 3  # timers and checks that come and go on their own
 # Memory after the main round vs after the warm-up round, which ran at full concurrency. RSS is coarse:

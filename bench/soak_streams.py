@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,9 @@ class Stream:
         return cls(rid, thread, mode, k, wait, ui=ui, wire=wire, hostile=hostile)
 
 
+UI_END = re.compile(rb"(id: [^\n]*\n)?data: \[DONE\]\n\n")  # what may follow a UI stream's terminal chunk
+
+
 def ui_events(s: Stream, raw: bytes, whole: bool) -> list[dict[str, Any]]:
     """A UI message stream's chunks as the typed events they stand for (text-delta: content,
     finish: done, error: error, with no code); its framing chunks dropped. With `whole`, the body
@@ -125,6 +129,8 @@ def ui_events(s: Stream, raw: bytes, whole: bool) -> list[dict[str, Any]]:
     assert not raw or raw.endswith(b"\n\n"), "the stream must end after a complete event"
     datas = []
     for block in blocks:
+        if block.startswith("id: "):  # the event's id: its own line first
+            block = block.partition("\n")[2]
         assert block.startswith("data: ") and "\n" not in block, f"unexpected SSE block {block!r}"
         datas.append(block[len("data: "):])
     if whole:
@@ -203,7 +209,7 @@ async def run_stream(session: aiohttp.ClientSession, base: str, s: Stream) -> St
                 while not s.ended and len(s.events) < (s.k if s.mode == "after_k" else 0):
                     s.events += events(await resp.content.readuntil(b"\n\n"), whole=False)
                     s.ended = bool(s.events) and s.events[-1].get("type") in TERMINAL
-                if s.ended and (rest := await resp.read()) and (events(rest, whole=False) or (s.ui and rest != b"data: [DONE]\n\n")):
+                if s.ended and (rest := await resp.read()) and (events(rest, whole=False) or (s.ui and not UI_END.fullmatch(rest))):
                     s.problem = f"events after the terminal one: {rest[:200]!r}"
                 s.disconnected = not s.ended
                 resp.close()

@@ -29,6 +29,7 @@ from providers.base import (
     TextDelta,
 )
 from service.app_keys import CHAIN, METRICS, REQUEST_ID, REQUEST_LOG
+from service.event_ids import ANSWER_ID_HEADER, EventIds
 from service.formats import WireFormat
 from service.outcome import (
     ENDED_EARLY_MESSAGE,
@@ -156,36 +157,46 @@ async def stream_answer(
     ping_interval: float,
     in_flight: MutableSet[Cutoff],
     outcome: Outcome | None = None,
-    message_id: str | None = None,
+    answer_id: str | None = None,
 ) -> EventStream:
     """Stream the answer in `wire`'s format (into `outcome`, when the caller keeps it;
-    `message_id`: the id it is stored under, if any). Once the headers are out, nothing that
-    raises (short of the client leaving) ends the stream without its terminal event."""
-    response = EventStream(ping_interval=ping_interval, keepalive=wire.keepalive, headers=wire.headers)
+    `answer_id`: its id, a stored answer's message id). Once the headers are out, nothing that
+    raises (short of the client leaving) ends the stream without its terminal event. The
+    service's own formats number their events (`id:` lines, service/event_ids.py)."""
+    ids = EventIds(answer_id) if wire.event_ids and answer_id is not None else None
+    headers = {**wire.headers, ANSWER_ID_HEADER: ids.answer_id} if ids is not None else wire.headers
+    response = EventStream(ping_interval=ping_interval, keepalive=wire.keepalive, headers=headers)
     outcome = outcome if outcome is not None else Outcome()
     cutoff = Cutoff()
     in_flight.add(cutoff)
+    frame = ids.stamp if ids is not None else _as_is
 
-    async def send_text(text: str) -> None:
-        await response.write(wire.text(text))
+    if ids is None:
+        async def send_text(text: str) -> None:
+            await response.write(wire.text(text))
+    else:
+        stamp = ids.stamp
+
+        async def send_text(text: str) -> None:
+            await response.write(stamp(wire.text(text)))
 
     async def send_restart() -> None:
-        await response.write(wire.restart())
+        await response.write(frame(wire.restart()))
 
     async def send_start(event: AttemptStarted) -> None:
         if started := wire.answering(event.provider, event.model.partition("/")[2]):
-            await response.write(started)
+            await response.write(frame(started))
 
     try:
         await response.prepare(request)
-        if opening := wire.opening(message_id):
-            await response.write(opening)
+        if opening := wire.opening(answer_id):
+            await response.write(frame(opening))
         await _consume(cutoff, deadline, provider, model_request, outcome, send_text, send_restart, send_start)
         receipt = await end(outcome)
         # `end` may have found a fault of ours (a failed store raises nothing: it reports
         # `persisted: false`), so the terminal event is chosen after it.
         terminal = wire.done(outcome, receipt) if outcome.finish is not None else wire.failure(outcome.error)  # type: ignore[arg-type]
-        await response.send_terminal(terminal)
+        await response.send_terminal(frame(terminal))
         await response.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
         outcome.client_gone = True
@@ -194,14 +205,20 @@ async def stream_answer(
         raise
     except Exception:
         log.exception("answer_failed", request_id=request[REQUEST_ID])
-        await _end_with_internal_error(response, wire, outcome, end)
+        await _end_with_internal_error(response, wire, outcome, end, frame)
     finally:
         in_flight.discard(cutoff)
         await response.close()
     return response
 
 
-async def _end_with_internal_error(response: EventStream, wire: WireFormat, outcome: Outcome, end: AnswerEnd) -> None:
+def _as_is(piece: bytes) -> bytes:
+    return piece
+
+
+async def _end_with_internal_error(
+    response: EventStream, wire: WireFormat, outcome: Outcome, end: AnswerEnd, frame: Callable[[bytes], bytes]
+) -> None:
     """A bug or fault of ours after the headers: one `error` event and a clean end of the body
     (never a raw 500 inside the event stream), and the answer stored as it stands."""
     if outcome.finish is None or not end.ended:
@@ -212,7 +229,7 @@ async def _end_with_internal_error(response: EventStream, wire: WireFormat, outc
     if not response.prepared:
         raise web.HTTPInternalServerError()  # nothing was sent: the middleware's JSON 500
     with contextlib.suppress(ConnectionResetError, RuntimeError):
-        await response.send_terminal(wire.failure(outcome.error or internal_error()))
+        await response.send_terminal(frame(wire.failure(outcome.error or internal_error())))
         await response.write_eof()
 
 

@@ -32,6 +32,8 @@ from service.metrics import Metrics
 from service.openai_api import add_openai_routes
 from service.playground import add_playground_routes
 from service.redis_link import redis_context
+from service.resumable import answers_context
+from service.resume_routes import add_resume_routes
 from service.routes import add_routes
 from service.security import access_middleware, setup_cors
 from service.settings import Settings
@@ -73,6 +75,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app.cleanup_ctx.append(_models)
     app.cleanup_ctx.append(shared_circuits_context)  # after the models: it shares their circuits
     app.cleanup_ctx.append(summaries_context)  # after the models: its cleanup runs before theirs
+    # Last: its cleanup (the producers still running, stopped and stored) runs first.
+    app.cleanup_ctx.append(answers_context)
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_drain)
     add_routes(app)
@@ -81,6 +85,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     if settings.playground:
         add_playground_routes(app)
     add_ui_chat_routes(app)
+    add_resume_routes(app)
     add_openai_routes(app)
     add_anthropic_routes(app)
     setup_cors(app, settings.cors_origins)

@@ -14,9 +14,11 @@ if TYPE_CHECKING:
     from providers.factory import ModelRegistry
     from providers.fallback import FallbackChain
     from service.answer import Cutoff
+    from service.answer_log import AnswerLogs
     from service.limits import FailedLogins, RateLimiter
     from service.metrics import Metrics
     from service.redis_link import RedisLink
+    from service.resume_redis import AnswerMirror
     from service.settings import Settings
     from service.status import RecentActivity
     from service.storage_state import StorageState
@@ -41,6 +43,9 @@ PENDING_WRITES: web.AppKey[set[asyncio.Task[bool]]] = web.AppKey("pending_writes
 
 # The link to Redis (REDIS_URL), through which replicas share state; unconfigured without it.
 REDIS: web.AppKey[RedisLink] = web.AppKey("redis")
+# Resumable answers: their events in this process, and (with REDIS_URL) their copy on Redis.
+ANSWER_LOGS: web.AppKey[AnswerLogs] = web.AppKey("answer_logs")
+ANSWER_MIRROR: web.AppKey[AnswerMirror] = web.AppKey("answer_mirror")
 
 # What time it is (an aware datetime), for the date context; tests set their own clock.
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

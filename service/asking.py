@@ -12,6 +12,7 @@ from aiohttp import web
 from providers.base import ModelRequest, Provider
 from providers.fallback import FallbackChain
 from service.answer import AnswerEnd, collect_answer, stream_answer
+from service.answer_log import AnswerInfo
 from service.app_keys import (
     CHAIN,
     CLOCK,
@@ -26,11 +27,13 @@ from service.body import invalid
 from service.conversations import begin_turn, follow_chat, owner_of, store_answer
 from service.datecontext import date_context
 from service.errors import ApiError, request_log
+from service.event_ids import new_answer_id
 from service.formats import WireFormat
 from service.history import Budget, as_turn
 from service.limits import end_user_of
 from service.outcome import Outcome, Receipt
 from service.prompting import RetryShorter, ThreadPrompt, cache_marker
+from service.resumable import stream_resumable
 from storage import ClientMessage, Cut
 
 NO_MODELS = (
@@ -55,6 +58,14 @@ class Asked:
     timezone: str | None = None  # for the date context; None: AI_DEFAULT_TIMEZONE
     cut: Cut | None = None  # regenerate or edit: where the stored thread is cut first
     date_context: bool = True  # False: the route's setting leaves the date out (see AI_COMPAT_DATE_CONTEXT)
+    # The body's `resumable`: None for the default (a streamed answer of a stored thread is).
+    resumable: bool | None = None
+
+    @property
+    def is_resumable(self) -> bool:
+        if not self.stream:
+            return False
+        return self.resumable if self.resumable is not None else self.thread_id is not None
 
 
 def chain_for(request: web.Request, model: str | None) -> FallbackChain:
@@ -93,6 +104,9 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
     """Answer `asked` in `wire`'s format (the client's own stream slot is already held: see
     `service.security.opens_answer`)."""
     settings = request.app[SETTINGS]
+    if asked.resumable and not asked.stream:
+        raise invalid([{"field": "resumable",
+                        "message": "resumable needs a streamed answer: leave stream out or set it to true"}])
     started = time.monotonic()
     user_limiter = request.app[USER_LIMITER]
     end_user = end_user_of(request, asked.user_id) if asked.user_id is not None else None
@@ -128,6 +142,15 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
         else:
             model_request = replace(model_request, cache=cache_marker(settings.prompt_cache, model_request))
         end = AnswerEnd(request, store)
+        answer_id = turn.assistant_message_id if turn is not None else new_answer_id()
+        if asked.stream and asked.is_resumable and wire.event_ids:
+            # A UI chat's answer is also found by its chat, for `useChat({ resume: true })`.
+            chat_id = asked.thread_id if asked.conversation is not None else None
+            info = AnswerInfo(answer_id, owner_of(request, asked.user_id), wire.name, chat_id)
+            return await stream_resumable(
+                request, provider, model_request, wire, end, info,
+                deadline=settings.request_timeout, in_flight=request.app[IN_FLIGHT], outcome=outcome,
+            )
         if asked.stream:
             return await stream_answer(
                 request,
@@ -139,7 +162,7 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
                 ping_interval=settings.keepalive_interval,
                 in_flight=request.app[IN_FLIGHT],
                 outcome=outcome,
-                message_id=turn.assistant_message_id if turn is not None else None,
+                answer_id=answer_id,
             )
         return await collect_answer(
             provider,

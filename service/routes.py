@@ -44,7 +44,8 @@ def _generate_request(request: web.Request, data: dict[str, Any]) -> Asked:
         system=body.system_prompt or None,
         temperature=body.temperature,
     )
-    return Asked(chain_for(request, body.model), model_request, body.stream, timezone=body.timezone)
+    return Asked(chain_for(request, body.model), model_request, body.stream, timezone=body.timezone,
+                 resumable=body.resumable)
 
 
 @opens_answer
@@ -75,7 +76,8 @@ def _chat_request(request: web.Request, data: dict[str, Any]) -> Asked:
         system="\n\n".join(system_parts) or None,
         temperature=body.temperature,
     )
-    return Asked(provider, model_request, body.stream, body.thread_id, body.user_id, timezone=body.timezone, cut=cut)
+    return Asked(provider, model_request, body.stream, body.thread_id, body.user_id, timezone=body.timezone, cut=cut,
+                 resumable=body.resumable)
 
 
 def _cut(body: ChatBody, messages: tuple[Message, ...]) -> Cut | None:

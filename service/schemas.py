@@ -33,6 +33,8 @@ class _Body(BaseModel):
     model: NonBlank | None = None
     timezone: NonBlank | None = None
     stream: StrictBool = True
+    # Keep generating when the client goes away, for a resume (default: only a stored thread's answer).
+    resumable: StrictBool | None = None
 
 
 class GenerateBody(_Body):

@@ -132,8 +132,8 @@ def setup_cors(app: web.Application, origins: list[str]) -> None:
         return
     options = aiohttp_cors.ResourceOptions(
         allow_credentials=False,  # bearer keys are sent explicitly, never as cookies
-        expose_headers=("X-Request-ID", "Retry-After"),
-        allow_headers=("Content-Type", "Authorization", "X-Request-ID", *SDK_HEADERS),
+        expose_headers=("X-Request-ID", "Retry-After", "X-Answer-ID"),
+        allow_headers=("Content-Type", "Authorization", "X-Request-ID", "Last-Event-ID", *SDK_HEADERS),
         allow_methods=("GET", "POST", "PATCH", "DELETE", "OPTIONS"),
         max_age=600,
     )

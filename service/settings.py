@@ -164,6 +164,22 @@ class Settings(BaseSettings):
     redis_limit_timeout: PositiveSeconds = Field(
         0.25, le=5, validation_alias=AliasChoices("AI_REDIS_LIMIT_TIMEOUT", "redis_limit_timeout")
     )
+    # Resumable answers (see service/resumable.py): how long an answer nobody reads keeps being
+    # generated, how long an ended one stays replayable, and the memory their events may hold.
+    resume_abandon_after: PositiveSeconds = Field(
+        30.0, validation_alias=AliasChoices("AI_RESUME_ABANDON_AFTER", "resume_abandon_after")
+    )
+    resume_retention: PositiveSeconds = Field(300.0, validation_alias=AliasChoices("AI_RESUME_RETENTION", "resume_retention"))
+    resume_buffer_bytes: int = Field(
+        2_097_152, ge=4096, validation_alias=AliasChoices("AI_RESUME_BUFFER_BYTES", "resume_buffer_bytes")
+    )
+    resume_max_bytes: int = Field(
+        134_217_728, ge=4096, validation_alias=AliasChoices("AI_RESUME_MAX_BYTES", "resume_max_bytes")
+    )
+    # With REDIS_URL: how often the events of answers in progress are appended to Redis, in one pipeline.
+    resume_flush_interval: PositiveSeconds = Field(
+        0.05, validation_alias=AliasChoices("AI_RESUME_FLUSH_INTERVAL", "resume_flush_interval")
+    )
     workers: int = Field(1, ge=1, le=64, validation_alias=AliasChoices("AI_WORKERS", "workers"))
     metrics_public: bool = Field(True, validation_alias=AliasChoices("AI_METRICS_PUBLIC", "metrics_public"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))

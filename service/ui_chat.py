@@ -71,6 +71,7 @@ class UIChatBody(BaseModel):
     user_id: UserId | None = None
     store: StrictBool = True
     restart_on_failure: StrictBool | None = None  # default: AI_RESTART_ON_FAILURE
+    resumable: StrictBool | None = None  # default: a stored chat's answer is
 
     @field_validator("id")
     @classmethod
@@ -111,6 +112,7 @@ def _ui_chat_request(request: web.Request, data: dict[str, Any]) -> Asked:
         user_id=body.user_id,
         conversation=conversation if body.store else None,
         timezone=body.timezone,
+        resumable=body.resumable,
     )
 
 

@@ -36,7 +36,9 @@ class Supervisor:
         self.metrics_dir, self.own_metrics_dir = _metrics_dir()
 
     def _spawn(self) -> None:
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+        # AI_WORKERS: each worker knows it is one of several (a resume of an answer another
+        # worker holds is then answered 503, see service/resume_routes.py).
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), "AI_WORKERS": str(self.workers)}
         proc = subprocess.Popen([sys.executable, "-m", "service", "--worker"], env=env)
         self.procs[proc.pid] = (proc, time.monotonic())
 

@@ -64,19 +64,51 @@ async def client(make_client: ClientFactory) -> TestClient[web.Request, web.Appl
     return await make_client()
 
 
-def parse_events(body: bytes) -> list[dict[str, Any]]:
-    """The events of an SSE body, checking the framing as a strict line reader would."""
-    events = []
+def sse_events(body: bytes) -> list[tuple[str | None, str]]:
+    """`(id, data)` of each event of an SSE body, checking the framing as a strict line reader
+    would: an optional `id:` line first, then exactly one `data:` line; keep-alive comments
+    (lines starting with `:`) skipped."""
+    events: list[tuple[str | None, str]] = []
     for block in body.decode().split("\n\n"):
         if not block:
             continue
         lines = block.split("\n")
         if all(line.startswith(":") for line in lines):
             continue  # keep-alive comment
+        event_id = None
+        if lines[0].startswith("id: "):
+            event_id = lines.pop(0)[len("id: ") :]
         assert len(lines) == 1 and lines[0].startswith("data: "), f"unexpected SSE block {block!r}"
-        events.append(json.loads(lines[0][len("data: ") :]))
+        events.append((event_id, lines[0][len("data: ") :]))
     assert body.endswith(b"\n\n"), "the stream must end after a complete event"
     return events
+
+
+def event_ids(body: bytes) -> list[tuple[str, int]]:
+    """`(answer id, seq)` of each event, checked: every event has one, all of one answer, the
+    numbers consecutive (from wherever the body starts: a resume starts after its Last-Event-ID)."""
+    ids = []
+    for event_id, _ in sse_events(body):
+        assert event_id is not None, "every event carries an id"
+        answer_id, sep, seq = event_id.rpartition(":")
+        assert sep and answer_id and seq.isdigit(), event_id
+        ids.append((answer_id, int(seq)))
+    assert len({answer for answer, _ in ids}) <= 1, ids
+    assert [seq for _, seq in ids] == list(range(ids[0][1], ids[0][1] + len(ids))) if ids else True, ids
+    return ids
+
+
+def numbered(answer_id: str, events: list[bytes]) -> bytes:
+    """The events as the stream sends them: each after its `id: <answer id>:<seq>` line, the
+    answer id filled in where an event names it."""
+    ident = answer_id.encode()
+    return b"".join(b"id: %s:%d\n" % (ident, seq) + event.replace(b"%s", ident) for seq, event in enumerate(events, 1))
+
+
+def parse_events(body: bytes) -> list[dict[str, Any]]:
+    """The events of a typed event stream, with the framing and the event ids checked."""
+    event_ids(body)
+    return [json.loads(data) for _, data in sse_events(body)]
 
 
 from tests.storage_fixtures import fresh_target, pg_url, store, store_target  # noqa: E402, F401

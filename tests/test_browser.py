@@ -263,6 +263,33 @@ async def test_stop_button_ends_a_long_answer(browser, start_service):
     assert watched.problems == []
 
 
+async def test_stop_ends_a_stored_threads_answer_too(browser, start_service):
+    """A thread's answer is resumable (it would go on without its request): Stop cancels it."""
+    live = start_service()
+    tokens = [f"word{n} " for n in range(200)]
+    live.script("claude-primary", Scenario(tokens=tokens, token_delay=0.1))
+    watched = await open_page(browser, live.url)
+    page = watched.page
+    await page.check("#use-thread")
+    await ask(page, "Tell me a long story")
+    answer = page.locator(".message.assistant .text").last
+    await expect(answer).to_contain_text("word2 ")
+    await page.click("#stop")
+    disconnected = await live.wait_for_disconnect()  # cancelled: the model's request is closed
+    assert disconnected.model == "claude-primary"
+    await expect(page.locator(".message.assistant .badge.warn").last).to_have_text("stopped")
+    await expect(page.locator("#thread-list button.thread")).to_have_count(1)
+    thread_id = await page.locator("#thread-list button.thread").first.get_attribute("data-thread-id")
+    for _ in range(50):
+        stored = await page.evaluate(f"fetch('/ai/threads/{thread_id}/messages').then((r) => r.json())")
+        if stored["messages"][-1]["status"] != "pending":
+            break
+        await asyncio.sleep(0.1)
+    assert stored["messages"][-1]["status"] == "interrupted"
+    assert stored["messages"][-1]["content"].startswith("word0 word1 word2 ")
+    assert watched.problems == []
+
+
 async def test_errors_are_shown_as_the_services_sentence(browser, start_service):
     live = start_service()
     for model in ("claude-primary", "claude-backup", "gpt-fallback"):

@@ -93,7 +93,8 @@ async def test_python_m_service_serves_health_and_streams(tmp_path, fake_upstrea
             assert health["status"] == "ok" and health["model"] == "claude-primary"
             async with session.post(f"http://127.0.0.1:{port}/ai/stream/generate", json={"prompt": "hi"}) as resp:
                 body = await resp.read()
-            assert body.endswith(b'"usage":{"input_tokens":11,"output_tokens":4}}\n\n')
+            assert body.endswith(b'"usage":{"input_tokens":11,"output_tokens":4},"answer_id":"'
+                                 + resp.headers["X-Answer-ID"].encode() + b'"}\n\n')
     finally:
         proc.terminate()
         _, stderr = await asyncio.wait_for(proc.communicate(), 20)

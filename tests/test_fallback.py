@@ -89,6 +89,7 @@ async def test_invalid_request_does_not_fall_back(client, fake_upstream):
             "type": "error",
             "error": "The model rejected the request as invalid (for example, the prompt is too long for it).",
             "code": "invalid_request",
+            "answer_id": events[0]["answer_id"],
         }
     ]
     assert fake_upstream.requests_for("claude-backup") == []

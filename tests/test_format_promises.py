@@ -19,7 +19,7 @@ import pytest
 from service.outcome import SHUTDOWN_MESSAGE
 from tests.compat_wire import DONE as CHUNKS_DONE
 from tests.compat_wire import parse_chunks, parse_message_events
-from tests.conftest import parse_events
+from tests.conftest import parse_events, sse_events
 from tests.fake_upstream import Scenario
 from tests.ui_stream import DONE, parse_ui_chunks
 
@@ -37,6 +37,7 @@ class WireCase:
     first_text: bytes  # what only an event that carries text holds on the wire
     keepalive: bytes = b": ping\n\n"
     stores_threads: bool = True
+    resumable: bool = True  # its events are numbered and its answers may be resumed
 
 
 def typed_body(question: str, thread: str | None) -> dict[str, Any]:
@@ -135,9 +136,10 @@ def anthropic_parse(raw: bytes) -> list[Event]:
 CASES = [
     WireCase("typed", "/ai/stream/chat", typed_body, typed_parse, b'data: {"type":"content"'),
     WireCase("ui", "/ai/ui/chat", ui_body, ui_parse, b'data: {"type":"text-delta"'),
-    WireCase("openai", "/v1/chat/completions", openai_body, openai_parse, b'"delta":{"content":', stores_threads=False),
+    WireCase("openai", "/v1/chat/completions", openai_body, openai_parse, b'"delta":{"content":', stores_threads=False,
+             resumable=False),
     WireCase("anthropic", "/v1/messages", anthropic_body, anthropic_parse, b"event: content_block_delta",
-             keepalive=b'event: ping\ndata: {"type":"ping"}\n\n', stores_threads=False),
+             keepalive=b'event: ping\ndata: {"type":"ping"}\n\n', stores_threads=False, resumable=False),
 ]
 
 
@@ -236,3 +238,27 @@ async def test_the_answer_is_stored_under_the_id_the_stream_names(make_client, s
         ("assistant", "kept answer", "complete", "claude-primary"),
     ]
     assert rows[1][0] == done["message_id"]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("cut_after", [1, 3])
+async def test_a_resumed_stream_keeps_the_same_promises(client, fake_upstream, wire, scenario, cut_after):
+    """Cut after `cut_after` events and resumed with `Last-Event-ID`: what the client holds in
+    the end is one stream, as if never cut (one terminal event, last; no text twice)."""
+    if not wire.resumable:
+        pytest.skip("the compatible formats are the SDKs' own: not numbered, not resumable")
+    scripts, ending, expected = SCENARIOS[scenario]
+    for model, played in scripts.items():
+        fake_upstream.script(model, played)
+    resp = await client.post(wire.path, json={**wire.body("x", None), "resumable": True})
+    assert resp.status == 200
+    head = b""
+    while len(sse_events(head) if head else []) < cut_after and not resp.content.at_eof():
+        head += await resp.content.readuntil(b"\n\n")
+    resp.close()
+    last = sse_events(head)[-1][0]
+    again = await client.get(f"/ai/stream/answers/{resp.headers['X-Answer-ID']}", headers={"Last-Event-ID": last})
+    assert again.status in (200, 204)  # 204: the cut came after the terminal event
+    events = wire.parse(head + (await again.read() if again.status == 200 else b""))
+    assert terminal(events)[0] == ending
+    assert text(events) == expected

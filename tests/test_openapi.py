@@ -219,7 +219,7 @@ def test_document_is_valid_openapi_31() -> None:
     assert spec["info"]["title"] == "ai-stream"
     assert spec["info"]["version"] == __version__ == "0.1.0"
     operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values() if isinstance(op, dict)]
-    assert len(operation_ids) == len(set(operation_ids)) == 19
+    assert len(operation_ids) == len(set(operation_ids)) == 22
 
 
 def test_every_schema_is_valid_draft_2020_12(contract: Contract) -> None:
@@ -314,6 +314,7 @@ PAGE_HEADERS = {"Content-Security-Policy": re.compile(r"default-src 'none'; .*")
                 "Referrer-Policy": "no-referrer"}
 THREAD_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 UI_CHAT, UI_MESSAGES = "/ai/ui/chat", "/ai/ui/chat/{chat_id}/messages"
+RESUME, CANCEL, UI_RESUME = "/ai/stream/answers/{answer_id}", "/ai/stream/answers/{answer_id}/cancel", "/ai/ui/chat/{chat_id}/stream"
 UI_HI = [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}]
 
 API_KEY, OTHER_KEY = "0123456789abcdef-secret", "fedcba9876543210-secret"
@@ -337,9 +338,13 @@ ABSENT = _Absent()  # in `expect`: the field is not there
 
 @dataclass(frozen=True)
 class Prior:
-    """A request value taken from the previous request's JSON answer, e.g. `next_before`."""
+    """A request value taken from the previous request's JSON answer, e.g. `next_before` (or,
+    after a stream, from its terminal event, e.g. `answer_id`)."""
 
     field: str
+
+    def of(self, previous: Any) -> str:
+        return str((previous[-1] if isinstance(previous, list) else previous)[self.field])
 
 
 @dataclass(frozen=True)
@@ -350,7 +355,7 @@ class Step:
     template: str
     method: str = "POST"
     json: Any = None
-    path: dict[str, str] = field(default_factory=dict)
+    path: dict[str, Any] = field(default_factory=dict)
     query: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     status: int = 200
@@ -371,7 +376,7 @@ class Case:
     method: str = "POST"
     json: Any = None
     data: bytes | None = None
-    path: dict[str, str] = field(default_factory=dict)  # path parameters
+    path: dict[str, Any] = field(default_factory=dict)  # path parameters (strings, or Prior)
     query: dict[str, Any] = field(default_factory=dict)  # query parameters (strings, or Prior)
     headers: dict[str, str] = field(default_factory=dict)
     status: int = 200
@@ -394,6 +399,29 @@ class Case:
 
 
 DEFAULT_CASES = [
+    # resumable answers (a stored thread's answer is resumable)
+    Case("resume-ended-answer", RESUME, method="GET", path={"answer_id": Prior("answer_id")}, steps=(chat_step("Hi"),),
+         media_type="text/event-stream", schema_valid=True, response_headers={"X-Answer-ID": MESSAGE_ID},
+         expect={"message_id": MESSAGE_ID, "answer_id": MESSAGE_ID}),
+    Case("resume-after", RESUME, method="GET", path={"answer_id": Prior("answer_id")}, query={"after": "2"},
+         steps=(chat_step("Hi"),), media_type="text/event-stream", schema_valid=True),
+    Case("resume-nothing-after", RESUME, method="GET", path={"answer_id": Prior("answer_id")}, query={"after": "5"},
+         steps=(chat_step("Hi"),), status=204, media_type=None, schema_valid=True),
+    Case("resume-bad-after", RESUME, method="GET", path={"answer_id": Prior("answer_id")}, query={"after": "x"},
+         steps=(chat_step("Hi"),), status=400, code="validation_error", schema_valid=False),
+    Case("resume-of-another-user", RESUME, method="GET", path={"answer_id": Prior("answer_id")}, query={"user_id": "bob"},
+         steps=(chat_step("Hi", user_id="alice"),), status=404, code="not_found", schema_valid=True),
+    Case("resume-unknown", RESUME, method="GET", path={"answer_id": "msg_" + "0" * 32}, status=404, code="not_found",
+         schema_valid=True),
+    Case("resume-malformed-id", RESUME, method="GET", path={"answer_id": "nope"}, status=404, code="not_found",
+         schema_valid=False),
+    Case("cancel-ended-answer", CANCEL, path={"answer_id": Prior("answer_id")}, steps=(chat_step("Hi"),), schema_valid=True,
+         expect={"cancelled": False, "answer_id": MESSAGE_ID}),
+    Case("cancel-unknown", CANCEL, path={"answer_id": "msg_" + "0" * 32}, status=404, code="not_found", schema_valid=True),
+    Case("ui-chat-resume-none", UI_RESUME, method="GET", path={"chat_id": "c-1"}, status=204, media_type=None,
+         schema_valid=True, steps=(Step(UI_CHAT, json={"id": "c-1", "messages": UI_HI}),)),
+    Case("ui-chat-resume-bad-id", UI_RESUME, method="GET", path={"chat_id": "bad id"}, status=404, code="not_found",
+         schema_valid=False),
     # /ai/ui/chat (the AI SDK's UI message stream)
     Case("ui-chat-stream", UI_CHAT, json={"id": "c-1", "messages": UI_HI, "trigger": "submit-message"},
          media_type="text/event-stream", schema_valid=True, response_headers={"x-vercel-ai-ui-message-stream": "v1"},
@@ -591,6 +619,12 @@ DEFAULT_CASES = [
 ]
 
 CONFIGURED_CASES = [
+    Case("resume-redis-down", RESUME, method="GET", path={"answer_id": "msg_" + "0" * 32}, status=503,
+         code="resume_unavailable", schema_valid=True, settings={"redis_url": "redis://127.0.0.1:9/0"},
+         response_headers={"Retry-After": "1"}),
+    Case("resume-gone", RESUME, method="GET", path={"answer_id": Prior("answer_id")}, query={"after": "0"}, status=410,
+         code="resume_gone", schema_valid=True, settings={"resume_buffer_bytes": 4096}, steps=(chat_step("Hi"),),
+         scripts={"claude-primary": Scenario(tokens=["x" * 50] * 100, token_delay=0.001)}),
     # size limits
     Case("body-too-large", GEN, json={"prompt": "x" * 3000}, status=413, code="body_too_large", schema_valid=True,
          settings={"max_body_bytes": 2048}),
@@ -699,9 +733,10 @@ async def send(
 ) -> tuple[ClientResponse, Any, dict[str, str]]:
     """Send `request` (its `Prior` values from the `previous` answer); check its status and the
     contract. Returns the response, its checked answer and the parameters sent."""
-    query = {name: previous[value.field] if isinstance(value, Prior) else value for name, value in request.query.items()}
+    query = {name: value.of(previous) if isinstance(value, Prior) else value for name, value in request.query.items()}
+    path = {name: value.of(previous) if isinstance(value, Prior) else value for name, value in request.path.items()}
     url = request.template
-    for name, value in request.path.items():
+    for name, value in path.items():
         url = url.replace(f"{{{name}}}", quote(value, safe=""))
     assert "{" not in url, f"path parameters missing for {request.template}"
     kwargs: dict[str, Any] = {"headers": request.headers, "params": query}
@@ -713,7 +748,7 @@ async def send(
     if resp.status != request.status:
         pytest.fail(f"{request.method} {url} -> {resp.status}, expected {request.status}: {await resp.text()}")
     answer = await check_answer(contract, request.template, request.method, resp)
-    return resp, answer, {**request.path, **query}
+    return resp, answer, {**path, **query}
 
 
 def check_thread_page(answer: Any, parameters: dict[str, str]) -> None:

@@ -42,7 +42,7 @@ async def test_http_1_0_stream_ends_its_connection_after_the_terminal_event(clie
     writer.close()
     head, _, events = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200") and b"Connection: close" in head
-    assert events.rstrip().endswith(b'"output_tokens":4}}')
+    assert events.rstrip().endswith(b'"output_tokens":4},"answer_id":"' + answer_id_of(head) + b'"}')
 
 
 async def test_fallbacks_are_counted_when_the_client_leaves(client, fake_upstream):
@@ -62,3 +62,8 @@ async def test_fallbacks_are_counted_when_the_client_leaves(client, fake_upstrea
              if name == "ai_stream_fallbacks_total" and ("from_model", "anthropic/claude-primary") in labels]
     assert sum(moves) == 1
     assert value(m, "ai_stream_upstream_errors_total", provider="anthropic", status="529", code="upstream_unavailable") == 1
+
+
+def answer_id_of(head: bytes) -> bytes:
+    """The X-Answer-ID of a response's head."""
+    return next(line.partition(b": ")[2] for line in head.split(b"\r\n") if line.lower().startswith(b"x-answer-id:"))

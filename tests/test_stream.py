@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from tests.conftest import parse_events
+from tests.conftest import numbered, parse_events
 from tests.fake_upstream import Scenario
 
-EXPECTED_ANTHROPIC_BODY = (
-    b'data: {"type":"content","text":"Hello"}\n\n'
-    b'data: {"type":"content","text":","}\n\n'
-    b'data: {"type":"content","text":" world"}\n\n'
-    b'data: {"type":"content","text":"!"}\n\n'
+EXPECTED_ANTHROPIC_EVENTS = [
+    b'data: {"type":"content","text":"Hello","answer_id":"%s"}\n\n',
+    b'data: {"type":"content","text":","}\n\n',
+    b'data: {"type":"content","text":" world"}\n\n',
+    b'data: {"type":"content","text":"!"}\n\n',
     b'data: {"type":"done","model":"claude-primary","provider":"anthropic","stop_reason":"end_turn",'
-    b'"usage":{"input_tokens":11,"output_tokens":4}}\n\n'
-)
+    b'"usage":{"input_tokens":11,"output_tokens":4},"answer_id":"%s"}\n\n',
+]
 
 
 async def test_generate_stream_exact_bytes_and_headers(client):
@@ -27,7 +28,9 @@ async def test_generate_stream_exact_bytes_and_headers(client):
     assert resp.headers["Connection"] == "keep-alive"
     assert resp.headers["X-Accel-Buffering"] == "no"
     assert len(resp.headers["X-Request-ID"]) == 32
-    assert await resp.read() == EXPECTED_ANTHROPIC_BODY
+    answer_id = resp.headers["X-Answer-ID"]
+    assert re.fullmatch(r"msg_[0-9a-f]{32}", answer_id)
+    assert await resp.read() == numbered(answer_id, EXPECTED_ANTHROPIC_EVENTS)
 
 
 async def test_chat_through_openai_compatible_model_exact_bytes(client, fake_upstream):
@@ -36,13 +39,13 @@ async def test_chat_through_openai_compatible_model_exact_bytes(client, fake_ups
         "/ai/stream/chat",
         json={"messages": [{"role": "user", "content": "Hi"}], "model": "openai/gpt-fallback"},
     )
-    assert await resp.read() == (
-        'data: {"type":"content","text":"Ça"}\n\n'
-        'data: {"type":"content","text":" va"}\n\n'
-        'data: {"type":"content","text":" 👍"}\n\n'
-        'data: {"type":"done","model":"gpt-fallback","provider":"openai","stop_reason":"max_tokens",'
-        '"usage":{"input_tokens":7,"output_tokens":3}}\n\n'
-    ).encode()
+    assert await resp.read() == numbered(resp.headers["X-Answer-ID"], [
+        'data: {"type":"content","text":"Ça","answer_id":"%s"}\n\n'.encode(),
+        b'data: {"type":"content","text":" va"}\n\n',
+        'data: {"type":"content","text":" 👍"}\n\n'.encode(),
+        b'data: {"type":"done","model":"gpt-fallback","provider":"openai","stop_reason":"max_tokens",'
+        b'"usage":{"input_tokens":7,"output_tokens":3},"answer_id":"%s"}\n\n',
+    ])
     sent = fake_upstream.requests_for("gpt-fallback")[0].body
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
     assert sent["max_tokens"] == 1024
@@ -73,7 +76,7 @@ async def test_tokens_arrive_as_generated_not_buffered(client, fake_upstream):
     # Headers are out before any text exists upstream.
     assert resp.status == 200
     first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 1.0)
-    assert first == b'data: {"type":"content","text":"a"}\n\n'
+    assert first == numbered(resp.headers["X-Answer-ID"], [b'data: {"type":"content","text":"a","answer_id":"%s"}\n\n'])
     # The upstream is still producing the rest while the first token is already here.
     assert fake_upstream.active_streams == 1
     rest = parse_events(await resp.read())

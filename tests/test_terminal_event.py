@@ -43,6 +43,9 @@ async def test_a_stored_answer_with_a_lone_surrogate_is_complete(make_client, st
     assert [(m["content"], m["status"]) for m in page["messages"]] == [("x", "complete"), ("bad\ufffd", "complete")]
 
 
+ANSWER_ID = "msg_" + "0" * 32
+
+
 class _BrokenAfterText:
     """A provider with a bug that shows only after its first text (as a bad encoding or a
     broken invariant would)."""
@@ -79,6 +82,7 @@ def _app_with(make_settings, provider, store=None) -> web.Application:
             deadline=5,
             ping_interval=15,
             in_flight=request.app[IN_FLIGHT],
+            answer_id=ANSWER_ID,
         )
 
     app.router.add_post("/ai/test/relay", handler)
@@ -94,8 +98,8 @@ async def test_a_fault_after_the_headers_ends_with_one_error_event(aiohttp_clien
         body = await resp.read()
     events = parse_events(body)
     assert events == [
-        {"type": "content", "text": "partial"},
-        {"type": "error", "error": "Something went wrong on our side.", "code": "internal_error"},
+        {"type": "content", "text": "partial", "answer_id": ANSWER_ID},
+        {"type": "error", "error": "Something went wrong on our side.", "code": "internal_error", "answer_id": ANSWER_ID},
     ]
     assert b"Traceback" not in body and b"a bug" not in body
     assert len(client.app[IN_FLIGHT]) == 0

@@ -123,7 +123,7 @@ async def test_too_long_twice_fails_with_one_error_event(budget_client, fake_ups
     await thread_of(budget_client, 3)
     fake_upstream.script("claude-primary", TOO_LONG)
     events = await chat(budget_client, turn("question 3"))
-    assert events == [{"type": "error", "error": events[0]["error"], "code": "invalid_request"}]
+    assert events == [{"type": "error", "error": events[0]["error"], "code": "invalid_request", "answer_id": events[0]["answer_id"]}]
     assert "too long" in events[0]["error"] and "250000" not in events[0]["error"]
     assert len(fake_upstream.requests_for("claude-primary")) == 3 + 2  # asked once, retried once, no more
     stored = (await messages(budget_client))["messages"][-1]

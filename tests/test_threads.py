@@ -160,9 +160,11 @@ async def test_answer_that_never_started_is_stored_empty_and_not_replayed(thread
 
 
 async def test_client_gone_keeps_partial_text_as_interrupted(thread_client, fake_upstream):
+    # Not resumable: the answer ends with its client, as it always did (see tests/test_resume.py).
     fake_upstream.script("claude-primary", Scenario(tokens=["one ", "two ", "three"], token_delay=0.3))
-    resp = await thread_client.post("/ai/stream/chat", json=turn("count"))
-    assert await resp.content.readuntil(b"\n\n") == b'data: {"type":"content","text":"one "}\n\n'
+    resp = await thread_client.post("/ai/stream/chat", json=turn("count", resumable=False))
+    assert (await resp.content.readuntil(b"\n\n")).endswith(b'data: {"type":"content","text":"one ","answer_id":"'
+                                                            + resp.headers["X-Answer-ID"].encode() + b'"}\n\n')
     resp.close()
     await fake_upstream.wait_for_disconnect(timeout=1.0)
     for _ in range(100):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import numbered
 from tests.fake_upstream import Scenario
 from tests.support.prompts import conversation
 from tests.ui_stream import DONE, parse_ui_chunks, types, ui_text
@@ -43,22 +44,22 @@ async def test_exact_bytes_and_headers(client):
     assert resp.headers["X-Accel-Buffering"] == "no"
     assert resp.headers["x-vercel-ai-ui-message-stream"] == "v1"
     raw = await resp.read()
-    [start] = parse_ui_chunks(raw)[:1]
-    message_id = start["messageId"]
-    assert raw == (
-        b'data: {"type":"start","messageId":"' + message_id.encode() + b'"}\n\n'
-        b'data: {"type":"start-step"}\n\n'
-        b'data: {"type":"text-start","id":"text-1"}\n\n'
-        b'data: {"type":"text-delta","id":"text-1","delta":"Hello"}\n\n'
-        b'data: {"type":"text-delta","id":"text-1","delta":","}\n\n'
-        b'data: {"type":"text-delta","id":"text-1","delta":" world"}\n\n'
-        b'data: {"type":"text-delta","id":"text-1","delta":"!"}\n\n'
-        b'data: {"type":"text-end","id":"text-1"}\n\n'
-        b'data: {"type":"finish-step"}\n\n'
+    # The message id is the answer's id, which a resume names.
+    message_id = resp.headers["X-Answer-ID"]
+    assert raw == numbered(message_id, [
+        b'data: {"type":"start","messageId":"%s"}\n\n',
+        b'data: {"type":"start-step"}\n\n',
+        b'data: {"type":"text-start","id":"text-1"}\n\n',
+        b'data: {"type":"text-delta","id":"text-1","delta":"Hello"}\n\n',
+        b'data: {"type":"text-delta","id":"text-1","delta":","}\n\n',
+        b'data: {"type":"text-delta","id":"text-1","delta":" world"}\n\n',
+        b'data: {"type":"text-delta","id":"text-1","delta":"!"}\n\n',
+        b'data: {"type":"text-end","id":"text-1"}\n\n',
+        b'data: {"type":"finish-step"}\n\n',
         b'data: {"type":"finish","finishReason":"stop","messageMetadata":{"model":"claude-primary",'
-        b'"provider":"anthropic","usage":{"input_tokens":11,"output_tokens":4}}}\n\n'
-        b"data: [DONE]\n\n"
-    )
+        b'"provider":"anthropic","usage":{"input_tokens":11,"output_tokens":4}}}\n\n',
+        b"data: [DONE]\n\n",
+    ])
 
 
 async def test_stored_chat_sends_the_stored_id_and_lists_ui_messages(ui_client, fake_upstream):

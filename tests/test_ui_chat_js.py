@@ -111,7 +111,7 @@ def test_the_sdk_reads_the_stream(stack: tuple[ThreadedUpstream, RunningService]
     upstream, service = stack
     node_modules(JS_DIR)
     output = run_node("ui_chat.test.mjs", {"AI_STREAM_URL": service.base_url, "AI_STREAM_KEY": API_KEY.partition(":")[2]})
-    assert re.search(r"^# pass (\d+)$", output, re.M).group(1) == "11", output  # type: ignore[union-attr]
+    assert re.search(r"^# pass (\d+)$", output, re.M).group(1) == "13", output  # type: ignore[union-attr]
     # The client's abort reached the model: the stalled request was closed by the service.
     aborted = [r for r in upstream.call(lambda: list(upstream.fake.disconnects)) if last_user_text(r).startswith("[stall]")]
     assert len(aborted) == 1 and aborted[0].disconnected

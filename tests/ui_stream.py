@@ -5,23 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tests.conftest import event_ids, sse_events
+
 DONE = "[DONE]"
 
 
 def parse_ui_chunks(body: bytes) -> list[dict[str, Any] | str]:
-    """The chunks of a UI message stream body, `"[DONE]"` as a string; keep-alive comments skipped."""
-    chunks: list[dict[str, Any] | str] = []
-    assert body.endswith(b"\n\n"), "the stream must end after a complete event"
-    for block in body.decode().split("\n\n"):
-        if not block:
-            continue
-        lines = block.split("\n")
-        if all(line.startswith(":") for line in lines):
-            continue
-        assert len(lines) == 1 and lines[0].startswith("data: "), f"unexpected SSE block {block!r}"
-        data = lines[0][len("data: ") :]
-        chunks.append(DONE if data == DONE else json.loads(data))
-    return chunks
+    """The chunks of a UI message stream body, `"[DONE]"` as a string; keep-alive comments
+    skipped; every chunk's SSE id checked (see `tests.conftest.event_ids`)."""
+    event_ids(body)
+    return [DONE if data == DONE else json.loads(data) for _, data in sse_events(body)]
 
 
 def ui_text(chunks: list[dict[str, Any] | str]) -> str:

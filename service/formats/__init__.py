@@ -19,10 +19,13 @@ class WireFormat(Protocol):
     name: str  # for logs and metrics
     headers: Mapping[str, str]  # beyond the event-stream headers every format sends
     keepalive: bytes  # written while the answer is silent
+    # Its events carry SSE `id:` lines and its answers may be resumable (the service's own
+    # formats); the OpenAI- and Anthropic-compatible ones stay exactly as their SDKs know them.
+    event_ids: bool
 
-    def opening(self, message_id: str | None) -> bytes:
-        """Written right after the headers (may be empty); `message_id` is the id the answer is
-        stored under, when it belongs to a thread."""
+    def opening(self, answer_id: str | None) -> bytes:
+        """Written right after the headers (may be empty); `answer_id` is the answer's id (for a
+        stored answer, its message id), which the format may name in its first events."""
         ...
 
     def answering(self, provider: str, model: str) -> bytes:

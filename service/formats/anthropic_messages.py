@@ -77,6 +77,7 @@ class MessageEvents:
 
     name = "anthropic"
     headers: dict[str, str] = {}
+    event_ids = False
     keepalive = _event("ping", {"type": "ping"})
 
     def __init__(self, requested_model: str) -> None:
@@ -90,7 +91,7 @@ class MessageEvents:
                    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         return _event("message_start", {"type": "message_start", "message": message}) + _BLOCK_START
 
-    def opening(self, message_id: str | None) -> bytes:
+    def opening(self, answer_id: str | None) -> bytes:
         return b""  # `message_start` names the model, which is known once one starts answering
 
     def answering(self, provider: str, model: str) -> bytes:

@@ -70,6 +70,7 @@ class ChatCompletionChunks:
 
     name = "openai"
     headers: dict[str, str] = {}
+    event_ids = False
     keepalive = b": ping\n\n"  # an SSE comment: the SDKs skip it
 
     def __init__(self, requested_model: str, *, include_usage: bool = False) -> None:
@@ -89,7 +90,7 @@ class ChatCompletionChunks:
         self._prefix = b"data: " + head[:-1].encode() + b',"choices":[{"index":0,"delta":'
         return self._prefix + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
 
-    def opening(self, message_id: str | None) -> bytes:
+    def opening(self, answer_id: str | None) -> bytes:
         return b""  # the first chunk names the model, which is known once one starts answering
 
     def answering(self, provider: str, model: str) -> bytes:

@@ -1,7 +1,10 @@
 """The service's own event stream (`/ai/stream/*`): `content`, `done` and `error` events.
 
 Every event is one `data: <json>` line and a blank line, without an `event:` field, so that
-`EventSource.onmessage`, fetch-and-split-lines readers and pass-through proxies all see it.
+`EventSource.onmessage`, fetch-and-split-lines readers and pass-through proxies all see it
+(the relay puts an `id:` line before each one: see service/event_ids.py). The answer's id is
+in the first event (`answer_id`, on the first `content` event, or on `done`/`error` when no
+text came first) and on the terminal event.
 """
 
 from __future__ import annotations
@@ -50,19 +53,30 @@ def done_fields(outcome: Outcome, receipt: Receipt | None) -> dict[str, Any]:
 class TypedEvents:
     """One answer as the service's typed events."""
 
-    __slots__ = ()
+    __slots__ = ("answer_id", "_first")
 
     name = "typed"
     headers: dict[str, str] = {}
     keepalive = b": ping\n\n"
+    event_ids = True
 
-    def opening(self, message_id: str | None) -> bytes:
+    def __init__(self) -> None:
+        self.answer_id: str | None = None
+        self._first = b""  # the tail of the first content event, which names the answer
+
+    def opening(self, answer_id: str | None) -> bytes:
+        if answer_id is not None:
+            self.answer_id = answer_id
+            self._first = b',"answer_id":' + _encode(answer_id).encode() + b"}\n\n"
         return b""
 
     def answering(self, provider: str, model: str) -> bytes:
         return b""  # the `done` event names the model
 
     def text(self, text: str) -> bytes:
+        if self._first:
+            tail, self._first = self._first, b""
+            return b'data: {"type":"content","text":' + _encode(text).encode() + tail
         return b'data: {"type":"content","text":' + _encode(text).encode() + b"}\n\n"
 
     def restart(self) -> bytes:
@@ -70,10 +84,13 @@ class TypedEvents:
         raise NotImplementedError("the typed event stream cannot take text back")
 
     def done(self, outcome: Outcome, receipt: Receipt | None) -> bytes:
-        return event_bytes({"type": "done", **done_fields(outcome, receipt)})
+        return event_bytes({"type": "done", **done_fields(outcome, receipt), **self._named()})
 
     def failure(self, error: ProviderError) -> bytes:
-        return event_bytes({"type": "error", "error": error.message, "code": error.code})
+        return event_bytes({"type": "error", "error": error.message, "code": error.code, **self._named()})
+
+    def _named(self) -> dict[str, str]:
+        return {"answer_id": self.answer_id} if self.answer_id is not None else {}
 
     def body(self, outcome: Outcome, receipt: Receipt | None) -> tuple[int, dict[str, Any]]:
         if outcome.finish is None:

@@ -1,14 +1,16 @@
 """The Vercel AI SDK's UI message stream (`/ai/ui/chat`), as `ai@7` reads it (`useChat`,
 `DefaultChatTransport`, `readUIMessageStream`).
 
-Each chunk is one `data: <json>` line and a blank line; the stream ends with `data: [DONE]`:
+Each chunk is one `data: <json>` line (after its SSE `id:` line, see service/event_ids.py) and
+a blank line; the stream ends with `data: [DONE]`:
 
     start {messageId}, start-step, text-start {id}, text-delta {id, delta}..., text-end {id},
     finish-step, finish {finishReason, messageMetadata}, [DONE]
 
 A failure is `error {errorText}` then `[DONE]`. Only chunk types and fields that `ai@7.0.0`'s
 schema knows are sent (it rejects unknown ones and unknown fields), except `reset-step`
-(`ai` >= 7.0.70), which only a restarting answer sends.
+(`ai` >= 7.0.70), which only a restarting answer sends. The answer's id, which a resume names,
+is the `start` chunk's `messageId` (and the `X-Answer-ID` header): nothing is added to a chunk.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class UIMessageStream:
     name = "ui"
     headers = HEADERS
     keepalive = b": ping\n\n"
+    event_ids = True
 
     def __init__(self) -> None:
         self._parts = 0
@@ -61,8 +64,9 @@ class UIMessageStream:
         self._open = False  # a text part was started and not ended
         self._delta = b""  # the framing of a delta of that part, up to its text
 
-    def opening(self, message_id: str | None) -> bytes:
-        start = chunk({"type": "start", "messageId": message_id or new_ui_id()})
+    def opening(self, answer_id: str | None) -> bytes:
+        # The message id is the answer's id (a stored answer's message id): what a resume names.
+        start = chunk({"type": "start", "messageId": answer_id or new_ui_id()})
         return start + b'data: {"type":"start-step"}\n\n'
 
     def answering(self, provider: str, model: str) -> bytes:

@@ -15,6 +15,7 @@
     threadStored: false, // whether it exists in the store yet
     history: [], // the conversation sent with each request when not in thread mode
     controller: null, // aborts the answer in progress
+    resumable: null, // the id of the answer in progress when it outlives its request (a thread's)
     threadsBefore: null,
   };
 
@@ -214,6 +215,8 @@
         showError(answer, text);
         return;
       }
+      // A thread's answer goes on when its request ends: Stop has to cancel it by its id.
+      if (body.thread_id) state.resumable = resp.headers.get("X-Answer-ID");
       for await (const event of readEvents(resp.body)) {
         if (event.type === "content") {
           if (firstAt === null) firstAt = performance.now();
@@ -240,6 +243,7 @@
     } finally {
       answer.item.classList.remove("streaming");
       state.controller = null;
+      state.resumable = null;
       setBusy(false);
       if (!$("use-thread").checked) {
         state.history.push({ role: "user", content: text });
@@ -252,6 +256,10 @@
   }
 
   function stop() {
+    if (state.resumable) {
+      const url = "/ai/stream/answers/" + encodeURIComponent(state.resumable) + "/cancel" + userQuery();
+      fetch(url, { method: "POST", headers: headers(false) }).catch(() => {});
+    }
     if (state.controller) state.controller.abort();
   }
 

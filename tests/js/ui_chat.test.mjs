@@ -192,3 +192,38 @@ test("validation errors are JSON the SDK reports as the error", async () => {
     (error) => /messages\.0\.parts\.0 is a file part/.test(error.message),
   );
 });
+
+test("useChat({ resume: true }): reconnectToStream rebuilds an answer in progress from its start", async () => {
+  const chatId = newId("chat");
+  const question = userMessage("[slow] come back later");
+  const controller = new AbortController();
+  const first = await fetch(`${BASE}/ai/ui/chat`, {
+    method: "POST", headers: { ...AUTH, "content-type": "application/json" }, signal: controller.signal,
+    body: JSON.stringify({ id: chatId, messages: [question], trigger: "submit-message" }),
+  });
+  const answerId = first.headers.get("x-answer-id");
+  const reader = first.body.getReader();
+  await reader.read(); // the stream has started...
+  controller.abort(); // ...and the page is reloaded
+  // What useChat({ resume: true }) does on mount: GET {api}/{chatId}/stream, a full replay.
+  const stream = await transport().reconnectToStream({ chatId });
+  assert.ok(stream, "an answer in progress is found");
+  const errors = [];
+  let message;
+  for await (const snapshot of readUIMessageStream({ stream, onError: (e) => errors.push(e) })) message = snapshot;
+  assert.deepEqual(errors, []);
+  assert.equal(message.id, answerId);
+  assert.equal(textOf(message), "Echo: come back later and more words to read");
+  assert.equal(message.metadata.persisted, true);
+  const { messages } = await stored(chatId);
+  assert.deepEqual(messages.map((m) => [m.id, m.metadata?.status ?? null, textOf(m)]), [
+    [question.id, null, "[slow] come back later"],
+    [answerId, "complete", "Echo: come back later and more words to read"],
+  ]);
+});
+
+test("reconnectToStream finds nothing for a chat without an answer in progress", async () => {
+  const { chatId } = await ask({ messages: [userMessage("done already")] });
+  assert.equal(await transport().reconnectToStream({ chatId }), null);
+  assert.equal(await transport().reconnectToStream({ chatId: newId("chat") }), null);
+});
