@@ -50,6 +50,7 @@ class RedisLink:
         self.client: Redis | None = None
         self.up = False
         self._probe: asyncio.Task[None] | None = None
+        self._closing = False  # the probe ends at its next turn even should its cancellation be lost
 
     @property
     def configured(self) -> bool:
@@ -78,6 +79,7 @@ class RedisLink:
         self._probe = asyncio.create_task(self._watch(), name="redis-probe")
 
     async def close(self) -> None:
+        self._closing = True
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -109,12 +111,16 @@ class RedisLink:
                 self.failed("ping", exc)
             return
         if not self.up:
+            # Connections idle since before the outage may lead to a Redis that restarted: they
+            # would fail once each, and each failure would look like a new outage.
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.disconnect(inuse_connections=False)
             self.up = True
             log.info("redis_up")
             self._set_gauge()
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.check_interval)
             await self._check()
 

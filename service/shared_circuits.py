@@ -46,6 +46,9 @@ class SharedCircuits:
         self.channel = link.key("circuits")
         self.origin = uuid.uuid4().hex  # this process: its own messages come back to it
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set at shutdown: `follow` ends even should the client swallow its cancellation (a read
+        # whose own timeout fires as the task is cancelled returns None instead of raising).
+        self.stopping = False
         for name, circuit in circuits.items():
             circuit.on_change = functools.partial(self._changed, name)
 
@@ -111,7 +114,7 @@ class SharedCircuits:
         """Background task: subscribed while Redis is up, catching up after every (re)subscription."""
         client = self.link.client
         assert client is not None
-        while True:
+        while not self.stopping:
             if not self.link.up:
                 await asyncio.sleep(self.link.check_interval)
                 continue
@@ -120,7 +123,7 @@ class SharedCircuits:
                 async with asyncio.timeout(self.link.command_timeout):
                     await pubsub.subscribe(self.channel)
                 await self.catch_up()
-                while self.link.up:
+                while self.link.up and not self.stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_SECONDS)
                     if message is not None and message.get("type") == "message":
                         self.apply(message["data"])
@@ -152,6 +155,7 @@ async def shared_circuits_context(app: web.Application) -> AsyncIterator[None]:
             link.failed("circuit_sync", exc)
     task = asyncio.create_task(shared.follow(), name="redis-circuits")
     yield
+    shared.stopping = True
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -128,6 +128,7 @@ class SharedLimits:
         self._released_while_refreshing: list[Lease] = []
         self._to_remove: list[Lease] = []  # given back, not yet removed from Redis
         self._remover: asyncio.Task[None] | None = None
+        self.stopping = False  # set at shutdown: `keep_leases` ends even should a cancellation be lost
 
     async def take(self, kind: str, name: str, rpm: int, *, spend: bool = False) -> float | None:
         """One token of `name`'s bucket: 0 when taken, else the seconds until there is one
@@ -228,7 +229,7 @@ class SharedLimits:
 
     async def keep_leases(self) -> None:
         """Background task: refresh this process's leases every third of AI_LEASE_TTL."""
-        while True:
+        while not self.stopping:
             await asyncio.sleep(self.refresh_interval)
             await self.refresh()
 
@@ -256,6 +257,7 @@ async def shared_limits_context(app: web.Application) -> AsyncIterator[None]:
         limiter.shared = shared
     task = asyncio.create_task(shared.keep_leases(), name="redis-leases")
     yield
+    shared.stopping = True
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
