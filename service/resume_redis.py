@@ -150,6 +150,7 @@ class AnswerMirror:
         self._copies: dict[str, _Copy] = {}
         self._renewed = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def __len__(self) -> int:
         """The answers whose copy on Redis is not complete yet."""
@@ -186,6 +187,7 @@ class AnswerMirror:
 
     async def close(self, timeout: float) -> None:
         """At shutdown, after the answers ended: their last events are copied, then stop."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -197,7 +199,7 @@ class AnswerMirror:
                     await self.flush()
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.flush_interval)
             if not self.link.up:
                 self._copy_again()
@@ -286,15 +288,17 @@ class AnswerMirror:
         pipe.delete(self.keys.lease(answer_id))
 
     async def _listen(self) -> None:
-        """Cancels published by any replica: the one producing the answer stops it."""
-        while True:
+        """Cancels published by any replica: the one producing the answer stops it. (A pub/sub read
+        whose own timeout fires as the task is cancelled can swallow the cancellation: the loops
+        also end on `_stopping`.)"""
+        while not self._stopping:
             if not self.link.up:
                 await asyncio.sleep(self.link.check_interval)
                 continue
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.cancel_channel)
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(timeout=0.5)
                     if message is not None and message.get("type") == "message":
                         answer_log = self.logs.live.get(message["data"].decode())

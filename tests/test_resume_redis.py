@@ -202,9 +202,9 @@ async def test_a_long_outage_keeps_no_ended_answer_in_memory(make_client, pg_tar
     for n in range(3):
         resp = await client.post("/ai/stream/chat", json=turn(thread_id=f"down-{n}"))
         assert terminals(await resp.read())[0]["type"] == "done"  # answers go on without Redis
-    mirror = client.app[ANSWER_MIRROR]
-    for _ in range(100):  # waiting for Redis, the copies of ended answers last their retention only
-        if not len(mirror):
+    mirror, logs = client.app[ANSWER_MIRROR], client.app[ANSWER_LOGS]
+    for _ in range(200):  # waiting for Redis, the copies of ended answers last their retention only
+        if not len(mirror) and not len(logs):
             break
         await asyncio.sleep(0.05)
     assert len(mirror) == 0
