@@ -2,7 +2,7 @@
 at random, then the infrastructure's faults: a database outage and a SIGKILL.
 
     python -m bench.soak [--streams 5000] [--concurrency 400] [--duration 120] [--seed N]
-                         [--cut-share 0.05] [--hostile-share 0.05] [--database-url URL]
+                         [--cut-share 0.05] [--resume-share 0.1] [--hostile-share 0.05] [--database-url URL]
                          [--hostile-requests 600] [--outage-streams 1000] [--outages 3]
                          [--restart-postgres] [--kill-streams 100]
     (default store: a temporary SQLite file; `--database-url postgresql://...` names a scratch database)
@@ -10,9 +10,11 @@ at random, then the infrastructure's faults: a database outage and a SIGKILL.
 Runs the fake upstream and the service on 127.0.0.1; requests go to the typed route and, without a thread,
 also to the OpenAI- and Anthropic-compatible ones (`WIRES`). A warm-up round, then the main round (streams
 start for at most `--duration` s each); a share of its requests come from hostile clients
-(bench/soak_hostile.py). Checks every stream's events (one terminal event, last;
+(bench/soak_hostile.py), and a share (`--resume-share`) from clients that drop a resumable answer and
+resume it, once or more (bench/soak_resume.py). Checks every stream's events (one terminal event, last;
 strict SSE; text = a prefix of the ONE answering attempt's unique tokens, all of them for `done`;
-no model after text), the stored turns (complete/error/interrupted with the streamed text, nothing
+no model after text; a resumed one's over all its connections, each event once: no lost or
+duplicated text or events), the stored turns (complete/error/interrupted with the streamed text, nothing
 left pending), and that tasks, live objects and memory return to the post-warm-up baseline.
 Then the phases: every hostile input against a real process with API keys (0 requests: skipped), the
 database going away under threaded load (PostgreSQL only; a proxy cut, or with --restart-postgres a real
@@ -43,6 +45,7 @@ from aiohttp import web
 from bench.soak_hostile import BODY_TIMEOUT, HostilePlan, hostile_phase, hostile_request
 from bench.soak_phases import KillPlan, OutagePlan, kill_phase, outage_phase
 from bench.soak_report import PhaseReport, summary
+from bench.soak_resume import run_resume, tally_resume
 from bench.soak_streams import (  # noqa: F401  (Config, Stream: the soak's API, for tests/test_soak.py)
     HEADERS_TIMEOUT,
     MODEL_SPECS,
@@ -58,14 +61,16 @@ from bench.soak_streams import (  # noqa: F401  (Config, Stream: the soak's API,
 from tests.conftest import ANTHROPIC_KEY, OPENAI_KEY
 from tests.fake_upstream import FakeUpstream
 
+RESUME_RETENTION = 1.5
 # Small timeouts so that every fault resolves in well under a second; limits that would turn the
 # soak's own load away are off; circuits reopen fast (names a Settings lacks are ignored).
 SERVICE_SETTINGS: dict[str, Any] = {
     "first_token_timeout": 0.3, "idle_timeout": 0.3, "request_timeout": 3.0, "retry_after_max": 0.2,
     "keepalive_interval": 0.2, "cooldown_seconds": 0.5, "rate_limit_rpm": 0, "max_concurrent_streams": 0,
     "max_total_streams": 0, "log_level": "warning", "body_timeout": BODY_TIMEOUT,
-    # Ended resumable answers are kept this long: gone by the time the census counts objects.
-    "resume_retention": 0.05,
+    # Ended resumable answers are kept this long, past the longest a resuming client stays away
+    # (Config.resume_wait_max) with room for a loaded loop; settle waits for them to be forgotten.
+    "resume_retention": RESUME_RETENTION,
 }
 TASK_SLACK = 3  # timers and checks that come and go on their own
 # Memory after the main round vs after the warm-up round, which ran at full concurrency. RSS is coarse:
@@ -168,7 +173,7 @@ class Soak:
         for model in MODELS:
             upstream.choose(model, self.ledger)
         self.threads = [f"soak-{uuid.uuid4().hex[:8]}-{i}" for i in range(cfg.threads)]
-        kinds = ("outcomes", "modes", "formats", "attempts", "time to headers", "hostile")
+        kinds = ("outcomes", "modes", "formats", "attempts", "time to headers", "hostile", "resume")
         self.counts: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
         self.violations: list[str] = []
         self.pending = self.undocumented_5xx = 0
@@ -186,7 +191,8 @@ class Soak:
                 if plan.hostile:
                     self.hostile(plan, *await hostile_request(self.base, plan.hostile, plan.rid))
                 else:
-                    streams.append(self.tally(await run_stream(session, self.base, plan)))
+                    run = run_resume if plan.mode == "resume" else run_stream
+                    streams.append(self.tally(await run(session, self.base, plan)))
 
         await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
         chats = [s.thread_id for s in streams if s.ui and s.thread_id]
@@ -212,6 +218,10 @@ class Soak:
         soak's own memory does not grow with the number of streams."""
         tried = self.ledger.attempts.get(s.rid, [])
         self.violations += check_stream(s, tried)
+        if s.mode == "resume":
+            counts, problems = tally_resume(s, tried)
+            self.counts["resume"].update(counts)
+            self.violations += problems
         final = s.events[-1] if s.ended and s.events else {}
         outcome = final.get("code") or final.get("type") or "no terminal event"
         outcome += ", persisted: false" if final.get("persisted") is False else ""
@@ -239,6 +249,7 @@ class Soak:
     async def settle(self, session: aiohttp.ClientSession, name: str) -> None:
         """Wait (up to 5 s) until no stream is open and no request handler runs, then measure; after
         the main round, compare with the baseline (idle upstream keep-alive connections aside)."""
+        await asyncio.sleep(RESUME_RETENTION * 1.25)  # ended resumable answers forgotten (the sweep: a quarter of it)
         deadline = time.monotonic() + 5.0
         while True:
             await asyncio.sleep(0.2)
@@ -282,9 +293,11 @@ class Soak:
         return "\n".join(lines + first)
 
     def report(self) -> PhaseReport:
-        name = f"main round (upstream faults, disconnects, hostile clients), {self.cfg.concurrency} at once"
+        name = f"main round (upstream faults, disconnects, resumes, hostile clients), {self.cfg.concurrency} at once"
+        counts = Counter(self.counts["hostile"])
+        counts.update({f"resume: {k}": v for k, v in self.counts["resume"].items()})  # zeros kept: lost text=0
         return PhaseReport(name, sum(self.counts["outcomes"].values()), list(self.violations), self.pending,
-                           self.undocumented_5xx, Counter(self.counts["hostile"]))
+                           self.undocumented_5xx, counts)
 
 
 async def soak(base: str, upstream: FakeUpstream, service_port: int, cfg: Config) -> Soak:
@@ -304,7 +317,8 @@ async def main(args: argparse.Namespace) -> int:
     from service.settings import load_settings
 
     configure_logging("error")  # the phases refuse thousands of requests on purpose: warnings would drown the summary
-    modes = {"read": 70, "after_k": 15, "before_first": 10, "cut": round(100 * args.cut_share)}
+    modes = {"read": 70, "after_k": 15, "before_first": 10, "cut": round(100 * args.cut_share),
+             "resume": round(100 * args.resume_share)}
     cfg = Config(args.streams, args.concurrency, args.duration, min(args.streams, 2 * args.concurrency), args.seed,
                  args.threads, modes=modes, hostile_share=args.hostile_share)
     started = time.monotonic()
@@ -354,7 +368,7 @@ if __name__ == "__main__":
     for flag, kind, default in [("--streams", int, 5000), ("--concurrency", int, 400), ("--duration", float, 120.0),
                                 ("--seed", int, random.randrange(2**31)), ("--threads", int, 32),
                                 ("--cut-share", float, 0.05), ("--database-url", str, None),
-                                ("--hostile-share", float, 0.05), ("--hostile-requests", int, 600),
+                                ("--hostile-share", float, 0.05), ("--resume-share", float, 0.1), ("--hostile-requests", int, 600),
                                 ("--outage-streams", int, 1000), ("--outages", int, 3), ("--kill-streams", int, 100)]:
         parser.add_argument(flag, type=kind, default=default)
     parser.add_argument("--restart-postgres", action="store_true",

@@ -77,9 +77,12 @@ class Config:
     ui_share: float = 0.3  # streams through /ai/ui/chat (the UI message stream), each on a chat of its own
     # Clients read to the end, close after k events, close after the headers before any event, or
     # cut the request at a time in `cut_window` (seconds), possibly before its response.
-    modes: dict[str, int] = field(default_factory=lambda: {"read": 70, "after_k": 15, "before_first": 10, "cut": 5})
+    # Resuming clients (bench/soak_resume.py) drop and resume a resumable answer, typed or UI.
+    modes: dict[str, int] = field(default_factory=lambda: {"read": 70, "after_k": 15, "before_first": 10, "cut": 5,
+                                                           "resume": 10})
     cut_window: tuple[float, float] = (0.0, 0.03)
     hostile_share: float = 0.05  # requests of a hostile client instead (bench/soak_hostile.py, IN_PROCESS)
+    resume_wait_max: float = 0.3  # the longest a resuming client stays away (well within resume_retention)
 
 
 @dataclass
@@ -102,6 +105,15 @@ class Stream:
     message_id: str | None = None  # ui: the start chunk's messageId
     wire: str = "typed"  # the route's format when not ui (see WIRES); a thread's turns are typed or ui
     hostile: str | None = None  # a hostile client's request instead (a kind of soak_hostile.HOSTILE)
+    # resume: the plan (see plan_drops), then the answer's id, the resumes made, the positions they
+    # asked from, how many asked from the same one as the one before, and the event ids received.
+    drops: tuple[tuple[int, float, bool], ...] = ()
+    answer_id: str | None = None
+    resumes: int = 0
+    positions: list[int] = field(default_factory=list)
+    same_position: int = 0
+    seqs: list[int] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
 
     @classmethod
     def plan(cls, cfg: Config, rid: str, threads: list[str]) -> Stream:
@@ -115,7 +127,21 @@ class Stream:
             thread = f"{thread}-ui-{rid}"  # a UI chat follows its client: one of its own
         wire = "typed" if (thread or ui) else rng.choices(list(WIRES), weights=list(WIRES.values()))[0]
         hostile = pick(rng, IN_PROCESS) if rng.random() < cfg.hostile_share else None
-        return cls(rid, thread, mode, k, wait, ui=ui, wire=wire, hostile=hostile)
+        drops = plan_drops(cfg, rid) if mode == "resume" else ()
+        wire = "typed" if drops else wire  # resumable answers are on the service's own formats only
+        return cls(rid, thread, mode, k, wait, ui=ui, wire=wire, hostile=hostile, drops=drops)
+
+
+def plan_drops(cfg: Config, rid: str) -> tuple[tuple[int, float, bool], ...]:
+    """For each connection but the last: events read before dropping it, seconds before resuming,
+    and whether the resume names its position by `?after=` instead of `Last-Event-ID`."""
+    rng = random.Random(f"{cfg.seed}:resume:{rid}")
+    drops = []
+    for n in range(rng.randint(1, 3)):
+        k = rng.randint(1, 3) if n == 0 else rng.randint(1, 4) if rng.random() < 0.75 else 0  # 0: same position twice
+        wait = rng.choices([0.0, rng.uniform(0, 0.05), rng.uniform(0.1, cfg.resume_wait_max)], [3, 4, 3])[0]
+        drops.append((k, wait, rng.random() < 0.2))
+    return tuple(drops)
 
 
 UI_END = re.compile(rb"(id: [^\n]*\n)?data: \[DONE\]\n\n")  # what may follow a UI stream's terminal chunk
@@ -163,7 +189,7 @@ UI_FRAMING = {"start-step", "text-start", "text-end", "finish-step"}
 def ui_body(s: Stream) -> dict[str, Any]:
     message = {"id": f"q-{s.rid}", "role": "user", "parts": [{"type": "text", "text": f"soak {s.rid}"}]}
     return {"id": s.thread_id or f"unstored-{s.rid}", "messages": [message], "trigger": "submit-message",
-            "store": s.thread_id is not None}
+            "store": s.thread_id is not None, **({"resumable": True} if s.mode == "resume" and not s.thread_id else {})}
 
 
 # The request mix by format: the typed events, and the OpenAI- and Anthropic-compatible routes,
@@ -181,7 +207,8 @@ def request_for(s: Stream) -> tuple[str, dict[str, Any]]:
                                         "stream_options": {"include_usage": True}}
     if s.wire == "anthropic":
         return "/v1/messages", {"model": "ai-stream", "max_tokens": 100, "messages": messages, "stream": True}
-    return "/ai/stream/chat", {"messages": messages, **({"thread_id": s.thread_id} if s.thread_id else {})}
+    where = {"thread_id": s.thread_id} if s.thread_id else {"resumable": True} if s.mode == "resume" else {}
+    return "/ai/stream/chat", {"messages": messages, **where}
 
 
 async def run_stream(session: aiohttp.ClientSession, base: str, s: Stream) -> Stream:

@@ -69,8 +69,9 @@ async def test_soak_streams_storage_and_resources(
 ) -> None:
     print(f"SOAK_SEED={SEED} ({store_target.backend})")
     base, port = await service(make_client, store_target)
-    # Clients read to the end (70%), close after k events (15%), close after the headers before the
-    # first event (10%) or cut the request within 30 ms, mostly before its response (5%).
+    # Clients read to the end (70 of 110), close after k events (15), close after the headers before
+    # the first event (10), cut the request within 30 ms, mostly before its response (5), or drop a
+    # resumable answer and resume it, once or more (10).
     cfg = Config(streams=300, concurrency=150, warmup=150, duration=ROUND_BACKSTOP, seed=SEED)
     started = time.monotonic()
     run = await soak(base, fake_upstream, port, cfg)
@@ -82,6 +83,13 @@ async def test_soak_streams_storage_and_resources(
     report = run.report()
     assert report.ok and report.requests == cfg.streams + cfg.warmup, report.line()
     assert run.counts["outcomes"]["hostile client refused"] > 0, summary  # the mix reached the service
+    # Resuming clients: typed and UI, stored and not, some from the same position twice; nothing
+    # lost or received twice (each would also be a violation above).
+    resume = run.counts["resume"]
+    assert resume["resumed streams"] > 10 and resume["resumes from the same position twice"] > 0, summary
+    assert 0 < resume["ui"] < resume["streams"] and 0 < resume["stored"] < resume["streams"], summary
+    lost_or_twice = ("lost events", "duplicated events", "lost text", "duplicated text")
+    assert [resume[k] for k in lost_or_twice] == [0, 0, 0, 0] and all(k in resume for k in lost_or_twice), summary
 
 
 # A client cut while its turn is being stored must not leave the reserved answer `pending` (a bug the
