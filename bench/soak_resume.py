@@ -53,31 +53,33 @@ async def run_resume(session: aiohttp.ClientSession, base: str, s: Stream) -> St
     """The plan's connections one after the other; what they gave, as one stream."""
     path, body = request_for(s)
     blocks: list[Block] = []
-    try:
-        for n in range(len(s.drops) + 1):
-            k, wait, by_query = s.drops[n] if n < len(s.drops) else (None, 0.0, False)
-            if n == 0:
-                request = session.post(f"{base}{path}", json=body)
-            else:
-                position = blocks[-1][1] if blocks else 0
-                where = {"params": {"after": str(position)}} if by_query else \
-                    {"headers": {"Last-Event-ID": f"{s.answer_id}:{position}"}} if blocks else {}
-                request = session.get(f"{base}/ai/stream/answers/{s.answer_id}", **where)
-                s.resumes += 1
-                s.same_position += bool(s.positions) and s.positions[-1] == position
-                s.positions.append(position)
-            if not await _read(s, request, blocks, k) or s.ended:
-                break
-            await asyncio.sleep(wait)
+    try:  # as long as one stream may take, all connections together: the soak's hard cap holds
+        async with asyncio.timeout(HEADERS_TIMEOUT + STREAM_TIMEOUT):
+            for n in range(len(s.drops) + 1):
+                k, wait, by_query = s.drops[n] if n < len(s.drops) else (None, 0.0, False)
+                if n == 0:
+                    request = session.post(f"{base}{path}", json=body)
+                else:
+                    position = blocks[-1][1] if blocks else 0
+                    where = {"params": {"after": str(position)}} if by_query else \
+                        {"headers": {"Last-Event-ID": f"{s.answer_id}:{position}"}} if blocks else {}
+                    request = session.get(f"{base}/ai/stream/answers/{s.answer_id}", **where)
+                    s.resumes += 1
+                    s.same_position += bool(s.positions) and s.positions[-1] == position
+                    s.positions.append(position)
+                if not await _read(s, request, blocks, k) or s.ended:
+                    break
+                await asyncio.sleep(wait)
     except TimeoutError:
-        s.problem = f"a connection did not end {HEADERS_TIMEOUT:g} s + {STREAM_TIMEOUT:g} s after it was made"
+        s.problem = f"the stream (all its connections) did not end within {HEADERS_TIMEOUT + STREAM_TIMEOUT:g} s"
     except AssertionError as exc:
         s.problem = f"SSE framing: {exc}"
     except (aiohttp.ClientError, ValueError) as exc:
         s.problem = f"{type(exc).__name__}: {exc}"
     s.seqs = [seq for _, seq, _ in blocks]
     s.ids = sorted({answer_id for answer_id, _, _ in blocks})
-    if not s.problem:
+    refused = s.status == 503 and not s.resumes  # storage_unavailable (checked by _read): nothing to resume
+    if not s.problem and not refused:
         if not s.ended:
             s.problem = "the last connection ended without a terminal event"
         else:

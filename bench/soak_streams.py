@@ -113,7 +113,7 @@ class Stream:
     positions: list[int] = field(default_factory=list)
     same_position: int = 0
     seqs: list[int] = field(default_factory=list)
-    ids: list[str | None] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
 
     @classmethod
     def plan(cls, cfg: Config, rid: str, threads: list[str]) -> Stream:
