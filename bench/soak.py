@@ -4,7 +4,7 @@ at random, then the infrastructure's faults: a database outage and a SIGKILL.
     python -m bench.soak [--streams 5000] [--concurrency 400] [--duration 120] [--seed N]
                          [--cut-share 0.05] [--resume-share 0.1] [--hostile-share 0.05] [--database-url URL]
                          [--hostile-requests 600] [--outage-streams 1000] [--outages 3]
-                         [--restart-postgres] [--kill-streams 100]
+                         [--restart-postgres] [--kill-streams 100] [--replica-streams 200] [--redis-url URL]
     (default store: a temporary SQLite file; `--database-url postgresql://...` names a scratch database)
 
 Runs the fake upstream and the service on 127.0.0.1; requests go to the typed route and, without a thread,
@@ -18,8 +18,9 @@ duplicated text or events), the stored turns (complete/error/interrupted with th
 left pending), and that tasks, live objects and memory return to the post-warm-up baseline.
 Then the phases: every hostile input against a real process with API keys (0 requests: skipped), the
 database going away under threaded load (PostgreSQL only; a proxy cut, or with --restart-postgres a real
-restart of this machine's cluster, which every other user of it feels) and SIGKILL mid-answer
-(bench/soak_phases.py). Prints a summary with, per phase, requests, violations, pending rows and
+restart of this machine's cluster, which every other user of it feels), SIGKILL mid-answer
+(bench/soak_phases.py) and resumes on another process: two processes sharing Redis under a key prefix of
+their own, deleted after (bench/soak_replicas.py; 0 streams: skipped). Prints a summary with, per phase, requests, violations, pending rows and
 undocumented 5xx; exits 0 only when all are zero, 1 otherwise, 2 at the hard time cap.
 tests/test_soak.py runs each part short.
 """
@@ -44,6 +45,7 @@ from aiohttp import web
 
 from bench.soak_hostile import BODY_TIMEOUT, HostilePlan, hostile_phase, hostile_request
 from bench.soak_phases import KillPlan, OutagePlan, kill_phase, outage_phase
+from bench.soak_replicas import ReplicaPlan, replica_phase
 from bench.soak_report import PhaseReport, summary
 from bench.soak_resume import run_resume, tally_resume
 from bench.soak_streams import (  # noqa: F401  (Config, Stream: the soak's API, for tests/test_soak.py)
@@ -347,7 +349,8 @@ async def main(args: argparse.Namespace) -> int:
 
 
 async def fault_phases(args: argparse.Namespace) -> list[PhaseReport]:
-    """The hostile clients against a real process, the database outage (PostgreSQL only) and SIGKILL."""
+    """The hostile clients against a real process, the database outage (PostgreSQL only), SIGKILL and
+    resumes on another process (Redis)."""
     reports = []
     if args.hostile_requests:
         plan = HostilePlan(args.hostile_requests, min(args.concurrency, 50), args.seed, args.database_url)
@@ -360,6 +363,9 @@ async def fault_phases(args: argparse.Namespace) -> list[PhaseReport]:
         raise SystemExit("--restart-postgres needs --database-url postgresql://...")
     if args.kill_streams:
         reports.append(await asyncio.to_thread(kill_phase, KillPlan(args.kill_streams, database_url=args.database_url)))
+    if args.replica_streams:
+        plan = ReplicaPlan(args.replica_streams, min(args.concurrency, 50), args.seed, args.redis_url, args.database_url)
+        reports.append(await asyncio.to_thread(replica_phase, plan))
     return reports
 
 
@@ -369,7 +375,8 @@ if __name__ == "__main__":
                                 ("--seed", int, random.randrange(2**31)), ("--threads", int, 32),
                                 ("--cut-share", float, 0.05), ("--database-url", str, None),
                                 ("--hostile-share", float, 0.05), ("--resume-share", float, 0.1), ("--hostile-requests", int, 600),
-                                ("--outage-streams", int, 1000), ("--outages", int, 3), ("--kill-streams", int, 100)]:
+                                ("--outage-streams", int, 1000), ("--outages", int, 3), ("--kill-streams", int, 100),
+                                ("--replica-streams", int, 200), ("--redis-url", str, "redis://127.0.0.1:6379/0")]:
         parser.add_argument(flag, type=kind, default=default)
     parser.add_argument("--restart-postgres", action="store_true",
                         help="restart this machine's PostgreSQL cluster for real (pg_ctlcluster) instead of cutting a proxy")

@@ -49,8 +49,10 @@ def is_terminal(s: Stream, data: str) -> bool:
     return kind in (("finish", "error") if s.ui else TERMINAL)
 
 
-async def run_resume(session: aiohttp.ClientSession, base: str, s: Stream) -> Stream:
-    """The plan's connections one after the other; what they gave, as one stream."""
+async def run_resume(session: aiohttp.ClientSession, base: str, s: Stream, others: tuple[str, ...] = ()) -> Stream:
+    """The plan's connections one after the other; what they gave, as one stream. With `others`
+    (replicas sharing Redis), the connections go round `base` and them: every resume elsewhere."""
+    bases = (base, *others)
     path, body = request_for(s)
     blocks: list[Block] = []
     try:  # as long as one stream may take, all connections together: the soak's hard cap holds
@@ -63,7 +65,7 @@ async def run_resume(session: aiohttp.ClientSession, base: str, s: Stream) -> St
                     position = blocks[-1][1] if blocks else 0
                     where = {"params": {"after": str(position)}} if by_query else \
                         {"headers": {"Last-Event-ID": f"{s.answer_id}:{position}"}} if blocks else {}
-                    request = session.get(f"{base}/ai/stream/answers/{s.answer_id}", **where)
+                    request = session.get(f"{bases[n % len(bases)]}/ai/stream/answers/{s.answer_id}", **where)
                     s.resumes += 1
                     s.same_position += bool(s.positions) and s.positions[-1] == position
                     s.positions.append(position)

@@ -31,8 +31,10 @@ from bench.soak_hostile import (
     hostile_phase,
 )
 from bench.soak_phases import KillPlan, OutagePlan, kill_phase, outage_phase
+from bench.soak_replicas import ReplicaPlan, replica_phase
 from tests.conftest import parse_events
 from tests.fake_upstream import FakeUpstream, Scenario
+from tests.redis_fixtures import redis_url  # noqa: F401
 from tests.storage_fixtures import StoreTarget, TcpProxy, with_address
 
 SEED = int(os.environ.get("SOAK_SEED", "20261121"))
@@ -193,3 +195,13 @@ def test_sigkill_mid_answer_then_a_new_process(backend: str, request: pytest.Fix
     assert report.counts["pending after the kill"] == 8  # the kill left every answer open
     assert report.counts["interrupted with the text seen"] == 8
     assert report.counts["next turn with roles alternating"] == 8
+
+
+def test_resumes_on_another_process_lose_and_repeat_nothing(redis_url: str) -> None:
+    report = replica_phase(ReplicaPlan(streams=40, concurrency=10, seed=SEED, redis_url=redis_url))
+    print(f"SOAK_SEED={SEED}\n{report.line()}")
+    assert report.ok, report.line()
+    counts = report.counts
+    assert counts["streams"] == 40 and counts["resumed streams"] > 20 and counts["ui"] and counts["stored"], report.line()
+    assert [counts[k] for k in ("lost events", "duplicated events", "lost text", "duplicated text")] == [0, 0, 0, 0]
+    assert "lost text" in counts, report.line()  # counted, and zero
