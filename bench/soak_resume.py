@@ -2,7 +2,8 @@
 typed events or the UI message stream, read in pieces over several connections. The client reads
 k events, drops the connection, waits (0, a moment, or a few hundred ms), and resumes with the
 `Last-Event-ID` of the last event it saw (or `?after=<seq>`); a resume dropped before any event
-makes the next one ask from the same position again. The last connection reads to the end.
+makes the next one ask from the same position again. The last connection reads to the end. A
+503 `resume_unavailable` is tried again, as documented, and counted.
 
 `check_resume` checks what all connections gave together: every event of the answer exactly once
 (ids `<answer id>:1..n`, strictly increasing, no gap, no repeat), all of one answer; the text seen
@@ -31,6 +32,9 @@ from bench.soak_streams import (
 )
 
 Block = tuple[str, int, str]  # (answer id, seq, data) of one SSE event
+# A documented 503 `resume_unavailable` (Redis not answering, as the service sees it) is tried
+# again after its Retry-After (1 s; shorter here), a few times, then counted as a violation.
+UNAVAILABLE_RETRIES, UNAVAILABLE_WAIT = 5, 0.5
 
 
 def parse_block(raw: bytes) -> Block | None:
@@ -59,17 +63,23 @@ async def run_resume(session: aiohttp.ClientSession, base: str, s: Stream, other
         async with asyncio.timeout(HEADERS_TIMEOUT + STREAM_TIMEOUT):
             for n in range(len(s.drops) + 1):
                 k, wait, by_query = s.drops[n] if n < len(s.drops) else (None, 0.0, False)
-                if n == 0:
-                    request = session.post(f"{base}{path}", json=body)
-                else:
-                    position = blocks[-1][1] if blocks else 0
-                    where = {"params": {"after": str(position)}} if by_query else \
-                        {"headers": {"Last-Event-ID": f"{s.answer_id}:{position}"}} if blocks else {}
-                    request = session.get(f"{bases[n % len(bases)]}/ai/stream/answers/{s.answer_id}", **where)
-                    s.resumes += 1
-                    s.same_position += bool(s.positions) and s.positions[-1] == position
-                    s.positions.append(position)
-                if not await _read(s, request, blocks, k) or s.ended:
+                for retry in range(UNAVAILABLE_RETRIES + 1):
+                    if n == 0:
+                        request = session.post(f"{base}{path}", json=body)
+                    else:
+                        position = blocks[-1][1] if blocks else 0
+                        where = {"params": {"after": str(position)}} if by_query else \
+                            {"headers": {"Last-Event-ID": f"{s.answer_id}:{position}"}} if blocks else {}
+                        request = session.get(f"{bases[n % len(bases)]}/ai/stream/answers/{s.answer_id}", **where)
+                        s.resumes += 1
+                        s.same_position += bool(s.positions) and s.positions[-1] == position
+                        s.positions.append(position)
+                    outcome = await _read(s, request, blocks, k, last_try=retry == UNAVAILABLE_RETRIES)
+                    if outcome != "unavailable":
+                        break
+                    s.unavailable += 1
+                    await asyncio.sleep(UNAVAILABLE_WAIT)
+                if outcome != "streamed" or s.ended:
                     break
                 await asyncio.sleep(wait)
     except TimeoutError:
@@ -92,23 +102,27 @@ async def run_resume(session: aiohttp.ClientSession, base: str, s: Stream, other
     return s
 
 
-async def _read(s: Stream, request: Any, blocks: list[Block], k: int | None) -> bool:
-    """One connection: up to `k` events (None: to the end); False when it was not a stream."""
+async def _read(s: Stream, request: Any, blocks: list[Block], k: int | None, last_try: bool) -> str:
+    """One connection: up to `k` events (None: to the end). "streamed"; "refused" (the store cannot
+    take the turn, or a problem); "unavailable": 503 `resume_unavailable`, to try again (as a client
+    does after Retry-After) unless it was the `last_try`."""
     async with asyncio.timeout(HEADERS_TIMEOUT) as limit, request as resp:
         limit.reschedule(asyncio.get_running_loop().time() + STREAM_TIMEOUT)
         if s.status == 0:
             s.status = resp.status
         answer_id = resp.headers.get("X-Answer-ID")
         if resp.status == 503 and s.thread_id and s.resumes == 0 and (await resp.json())["code"] == "storage_unavailable":
-            return False  # documented: the store cannot take the turn now
+            return "refused"  # documented: the store cannot take the turn now
+        if resp.status == 503 and s.resumes and not last_try and (await resp.json())["code"] == "resume_unavailable":
+            return "unavailable"
         if resp.status != 200 or resp.content_type != "text/event-stream":
             s.problem = f"{'resume' if s.resumes else 'request'}: HTTP {resp.status}: {(await resp.text())[:200]}"
-            return False
+            return "refused"
         if s.answer_id is None:
             s.answer_id = answer_id
         elif answer_id != s.answer_id:
             s.problem = f"a resume of {s.answer_id} answered with X-Answer-ID {answer_id}"
-            return False
+            return "refused"
         seen = 0
         while not s.ended and (k is None or seen < k):
             raw = await resp.content.readuntil(b"\n\n")
@@ -122,7 +136,7 @@ async def _read(s: Stream, request: Any, blocks: list[Block], k: int | None) -> 
             assert not rest or rest.endswith(b"\n\n"), "the stream must end after a complete event"
             blocks += [b for piece in rest.split(b"\n\n")[:-1] if (b := parse_block(piece + b"\n\n"))]
         resp.close()  # the network goes away (or the stream has ended)
-    return True
+    return "streamed"
 
 
 def _events(s: Stream, blocks: list[Block]) -> list[dict[str, Any]]:
@@ -156,7 +170,8 @@ def tally_resume(s: Stream, attempts: Attempts) -> tuple[Counter[str], list[str]
     that the report shows them) and, past zero, reported as violations."""
     counts: Counter[str] = Counter({"streams": 1, "resumed streams": int(s.resumes > 0), "resumes": s.resumes,
                                     "resumes from the same position twice": s.same_position,
-                                    "ui": int(s.ui), "stored": int(s.thread_id is not None)})
+                                    "ui": int(s.ui), "stored": int(s.thread_id is not None),
+                                    "503 resume_unavailable, tried again": s.unavailable})
     texts = [e["text"] for e in s.events if e.get("type") == "content"]
     final = s.events[-1] if s.ended and s.events else {}
     answer = attempts[-1][2].tokens if attempts and final.get("type") == "done" else []

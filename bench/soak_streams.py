@@ -112,6 +112,7 @@ class Stream:
     resumes: int = 0
     positions: list[int] = field(default_factory=list)
     same_position: int = 0
+    unavailable: int = 0  # resumes answered 503 resume_unavailable, then tried again
     seqs: list[int] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
 
