@@ -50,6 +50,7 @@ class RedisLink:
         self.client: Redis | None = None
         self.up = False
         self._probe: asyncio.Task[None] | None = None
+        self._recheck: asyncio.Task[None] | None = None
         self._closing = False  # the probe ends at its next turn even should its cancellation be lost
 
     @property
@@ -80,6 +81,10 @@ class RedisLink:
 
     async def close(self) -> None:
         self._closing = True
+        if self._recheck is not None:
+            self._recheck.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recheck
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -93,6 +98,12 @@ class RedisLink:
         outage (the error's class only: its text may name the server's address)."""
         if self.metrics is not None:
             self.metrics.redis_failures.labels(operation).inc()
+        if operation != "ping" and _is_timeout(exc):
+            # A command that timed out may have waited on this process's own busy event loop
+            # rather than on Redis: the caller falls back this once, and a probe decides now.
+            if self.up and (self._recheck is None or self._recheck.done()):
+                self._recheck = asyncio.get_running_loop().create_task(self._check(), name="redis-recheck")
+            return
         if self.up:
             self.up = False
             log.warning(
@@ -146,3 +157,14 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     await link.start()
     yield
     await link.close()
+
+
+def _is_timeout(exc: BaseException | None) -> bool:
+    """asyncio's timeout, or the Redis client's own (which is not a TimeoutError subclass)."""
+    if exc is None:
+        return False
+    if isinstance(exc, TimeoutError):
+        return True
+    from redis.exceptions import TimeoutError as RedisTimeout  # only ever called with Redis configured
+
+    return isinstance(exc, RedisTimeout)
