@@ -21,6 +21,7 @@ from service.app_keys import (
     IN_FLIGHT,
     LIMITER,
     METRICS,
+    OVERLOAD,
     REGISTRY,
     SETTINGS,
     USER_LIMITER,
@@ -30,6 +31,7 @@ from service.errors import add_request_id, request_middleware
 from service.limits import FailedLogins, RateLimiter
 from service.metrics import Metrics
 from service.openai_api import add_openai_routes
+from service.overload import LagSource, LoopLag, Overload, loop_lag_context, overload_middleware
 from service.playground import add_playground_routes
 from service.redis_link import redis_context
 from service.resumable import answers_context
@@ -48,10 +50,15 @@ from service.ui_chat import add_ui_chat_routes
 log = structlog.get_logger("ai_stream")
 
 
-def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
+def create_app(
+    settings: Settings, *, clock: Callable[[], datetime] = utc_now, loop_lag: LagSource | None = None
+) -> web.Application:
+    """The service's app. `clock` and `loop_lag` (the event loop's own, measured, unless given)
+    are what tests set to control time and load."""
     # The body limit is enforced (with a JSON 413) by the handlers; aiohttp's own cap sits just above it.
+    # Overload is shed first: a refused answer costs as little as possible.
     app = web.Application(
-        middlewares=[request_middleware, access_middleware(settings)],
+        middlewares=[request_middleware, overload_middleware(), access_middleware(settings)],
         client_max_size=settings.max_body_bytes + 1,
     )
     app[SETTINGS] = settings
@@ -59,6 +66,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app[IN_FLIGHT] = weakref.WeakSet()
     app[ACTIVITY] = RecentActivity()
     app[METRICS] = Metrics(app[ACTIVITY])
+    app[OVERLOAD] = Overload(settings.shed_loop_lag_ms, loop_lag or LoopLag(), app[METRICS])
     app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.max_concurrent_streams, settings.max_total_streams)
     app[USER_LIMITER] = RateLimiter(
         settings.user_rate_limit_rpm,
@@ -75,6 +83,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app.cleanup_ctx.append(_models)
     app.cleanup_ctx.append(shared_circuits_context)  # after the models: it shares their circuits
     app.cleanup_ctx.append(summaries_context)  # after the models: its cleanup runs before theirs
+    app.cleanup_ctx.append(loop_lag_context)  # after the rest of start-up: its own pauses are no load
     # Last: its cleanup (the producers still running, stopped and stored) runs first.
     app.cleanup_ctx.append(answers_context)
     app.on_response_prepare.append(add_request_id)

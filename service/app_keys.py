@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.answer_log import AnswerLogs
     from service.limits import FailedLogins, RateLimiter
     from service.metrics import Metrics
+    from service.overload import Overload
     from service.redis_link import RedisLink
     from service.resume_redis import AnswerMirror
     from service.settings import Settings
@@ -51,6 +52,9 @@ ANSWER_MIRROR: web.AppKey[AnswerMirror] = web.AppKey("answer_mirror")
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 # Summaries of the turns a thread's token budget leaves out, written in the background.
 SUMMARIZER: web.AppKey[Summarizer] = web.AppKey("summarizer")
+
+# The overload rule: new answers are refused while the event loop lags (AI_SHED_LOOP_LAG_MS).
+OVERLOAD: web.AppKey[Overload] = web.AppKey("overload")
 
 # Per request: its id, and the fields of its canonical log line (filled in as handlers learn them).
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")

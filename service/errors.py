@@ -22,6 +22,9 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# 5xx codes that are the service working as designed rather than failing (see service/overload.py).
+_BY_DESIGN = frozenset({"overloaded"})
+
 
 class ApiError(web.HTTPException):
     """An HTTP error whose body is `{"error", "code", "details"}` JSON, or the error shape of
@@ -129,7 +132,8 @@ async def request_middleware(
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         request.app[METRICS].requests.labels(route, request.method, str(status)).inc()
-        level = "info" if status < 500 else "warning"
+        # A refusal by design (overload) is no fault: its episode has a warning line of its own.
+        level = "info" if status < 500 or fields.get("error_code") in _BY_DESIGN else "warning"
         getattr(log, level)(
             "request",
             request_id=request_id,

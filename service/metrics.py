@@ -70,6 +70,13 @@ class Metrics:
         self.open_streams = Gauge(
             "ai_stream_open_answers", "Answers in progress.", registry=r, multiprocess_mode="livesum"
         )
+        self.shed = Counter(
+            "ai_stream_shed_requests", "New answers refused up front (503 overloaded) while the event loop lagged.", registry=r
+        )
+        self.loop_lag = Gauge(
+            "ai_stream_event_loop_lag_seconds", "The event loop's smoothed lag (worst worker).",
+            registry=r, multiprocess_mode="livemax",
+        )
         self.redis_up = Gauge(
             "ai_stream_redis_up", "1 while Redis (REDIS_URL) answers, 0 while it is down (worst worker).",
             registry=r, multiprocess_mode="livemin",

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from providers.base import Message, ModelRequest
 from service import __version__
-from service.app_keys import CHAIN, IN_FLIGHT, METRICS, REDIS, REGISTRY, SETTINGS, STORAGE
+from service.app_keys import CHAIN, IN_FLIGHT, METRICS, OVERLOAD, REDIS, REGISTRY, SETTINGS, STORAGE
 from service.asking import Asked, answer, chain_for
 from service.body import invalid, read_json, validate
 from service.errors import ApiError
@@ -126,7 +126,9 @@ async def health(request: web.Request) -> web.Response:
     primary = registry.info[0]
     storage = request.app[STORAGE]
     redis = request.app[REDIS].status()
-    # degraded: a configured model cannot be used (no credentials), or the store or Redis is not answering.
+    overload = request.app[OVERLOAD]
+    # degraded: a configured model cannot be used (no credentials), or the store or Redis is not
+    # answering. Not when overloaded: that passes by itself, and the replica still serves its streams.
     ok = storage.ok and redis["ok"] and all(info.has_credentials for info in registry.info)
     return web.json_response(
         {
@@ -141,6 +143,8 @@ async def health(request: web.Request) -> web.Response:
             "open_streams": len(request.app[IN_FLIGHT]),
             "storage": {"backend": storage.store.backend, "ok": storage.ok},
             "redis": redis,
+            "overloaded": overload.overloaded,
+            "loop_lag_ms": round(overload.lag_ms, 1),
             "version": __version__,
         }
     )

@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, validation_alias=AliasChoices("AI_WORKERS", "workers"))
     metrics_public: bool = Field(True, validation_alias=AliasChoices("AI_METRICS_PUBLIC", "metrics_public"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))
+    # New answers are refused (503 overloaded) while the event loop's smoothed lag is over this
+    # many milliseconds (see service/overload.py); 0: never.
+    shed_loop_lag_ms: float = Field(50.0, ge=0, validation_alias=AliasChoices("AI_SHED_LOOP_LAG_MS", "shed_loop_lag_ms"))
 
     # The page at `/` (playground and live status); `false` answers 404 there.
     playground: bool = Field(True, validation_alias=AliasChoices("AI_PLAYGROUND", "playground"))

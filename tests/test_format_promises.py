@@ -1,6 +1,8 @@
 """The relay's promises, once for every wire format: exactly one terminal event and it is last,
 no duplicated text, a disconnect closes the upstream request within a second, keep-alive while
-the model is silent, shutdown ends open streams with the format's error, the answer is stored.
+the model is silent, shutdown ends open streams with the format's error, the answer is stored,
+an overloaded service refuses new answers in the format's own error shape before any upstream
+call.
 
 Each format is one `WireCase`: its route, how a body asks a question (optionally on a stored
 thread), and a parser that turns its bytes into the same neutral events. A new format joins
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from service.app import create_app
 from service.outcome import SHUTDOWN_MESSAGE
 from tests.compat_wire import DONE as CHUNKS_DONE
 from tests.compat_wire import parse_chunks, parse_message_events
@@ -262,3 +265,48 @@ async def test_a_resumed_stream_keeps_the_same_promises(client, fake_upstream, w
     events = wire.parse(head + (await again.read() if again.status == 200 else b""))
     assert terminal(events)[0] == ending
     assert text(events) == expected
+
+
+# --- overload ---------------------------------------------------------------------------------
+
+# What each format's client reads from a refusal before any answer starts: the code, by format.
+REFUSAL_CODE: dict[str, Callable[[dict[str, Any]], str]] = {
+    "typed": lambda body: body["code"],
+    "ui": lambda body: body["code"],
+    "openai": lambda body: body["error"]["code"],  # OpenAI's shape: {"error": {"message", "type", "param", "code"}}
+    "anthropic": lambda body: body["error"]["type"],  # Anthropic's shape: {"type": "error", "error": {"type", "message"}}
+}
+REFUSED = {"typed": "overloaded", "ui": "overloaded", "openai": "overloaded", "anthropic": "overloaded_error"}
+
+
+class SetLag:
+    """The event loop's lag as the test says it is (the app measures its own otherwise)."""
+
+    lag_ms = 0.0
+
+
+async def test_overload_refuses_new_answers_before_any_upstream_call(aiohttp_client, make_settings, fake_upstream, wire):
+    lag = SetLag()
+    client = await aiohttp_client(create_app(make_settings(shed_loop_lag_ms=100), loop_lag=lag))
+    fake_upstream.script("claude-primary", Scenario(tokens=["one", " two", " three"], token_delay=0.1),
+                         Scenario(tokens=["back"]))
+    already_open = await client.post(wire.path, json=wire.body("first", None))
+    head = b""
+    while wire.first_text not in head:
+        head += await already_open.content.readuntil(b"\n\n")
+    asked = len(fake_upstream.requests)
+
+    lag.lag_ms = 500  # past the threshold: the service is overloaded
+    refused = await client.post(wire.path, json=wire.body("second", None))
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert REFUSAL_CODE[wire.name](await refused.json()) == REFUSED[wire.name]
+    assert len(fake_upstream.requests) == asked  # refused before any model was called
+
+    # The answer accepted before goes on to its end.
+    events = wire.parse(head + await already_open.read())
+    assert terminal(events)[0] == "done" and text(events) == "one two three"
+
+    lag.lag_ms = 1  # the lag fell: new answers are accepted again
+    events = await ask(client, wire, "third")
+    assert terminal(events)[0] == "done" and text(events) == "back"
