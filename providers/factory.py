@@ -12,27 +12,44 @@ __all__ = ["ModelInfo", "ModelRegistry"]
 
 
 class ModelRegistry:
-    """Owns the SDK clients (created once, closed at shutdown) and the configured models."""
+    """Owns the SDK clients (created once, closed at shutdown) and the configured models.
 
-    def __init__(self, catalog: ModelCatalog, *, connect_timeout: float = 5.0, idle_timeout: float = 60.0) -> None:
+    What the configuration says (`info`, `options`, `usable`) is known at once; the providers
+    (`models`) exist once `load()` has imported the SDKs and made their clients, which takes
+    about a second per SDK. `load=False` leaves that for later (the service runs it in a thread
+    once it listens)."""
+
+    def __init__(
+        self, catalog: ModelCatalog, *, connect_timeout: float = 5.0, idle_timeout: float = 60.0, load: bool = True
+    ) -> None:
         self.catalog = catalog
         self.info: list[ModelInfo] = list(catalog.models)
+        # The models the chain uses, in order: those whose endpoint has credentials (the others
+        # are reported by /health and skipped).
+        self.usable: list[str] = [info.name for info in catalog.models if info.endpoint.has_credentials]
+        self.options: dict[str, ModelOptions] = {
+            info.name: info.options for info in catalog.models if info.endpoint.has_credentials
+        }
         self.models: list[Provider] = []
-        self.options: dict[str, ModelOptions] = {}
         self._clients: dict[str, Any] = {}
-        for info in catalog.models:
+        self._timeouts = {"connect_timeout": connect_timeout, "idle_timeout": idle_timeout}
+        if load:
+            self.load()
+
+    def load(self) -> None:
+        """Import the SDK of each endpoint in use and make its client and models."""
+        models: list[Provider] = []
+        for info in self.catalog.models:
             endpoint = info.endpoint
             if not endpoint.has_credentials:
-                continue  # reported by /health, skipped by the chain
+                continue
             # Imported here (by the dialect's name): an SDK is loaded only when an endpoint uses it.
             dialect = adapter(endpoint.api)
             client = self._clients.get(endpoint.name)
             if client is None:
-                client = self._clients[endpoint.name] = dialect.create_client(
-                    endpoint, connect_timeout=connect_timeout, idle_timeout=idle_timeout
-                )
-            self.models.append(dialect.create_model(client, info.model, endpoint))
-            self.options[info.name] = info.options
+                client = self._clients[endpoint.name] = dialect.create_client(endpoint, **self._timeouts)
+            models.append(dialect.create_model(client, info.model, endpoint))
+        self.models = models
 
     def resolve(self, requested: str) -> str | None:
         """The configured `endpoint/model` named by `requested` (full name, bare model name or alias)."""

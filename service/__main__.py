@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import sys
 
@@ -10,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from service.app import create_app
-from service.app_keys import REGISTRY, SETTINGS, STORAGE
+from service.app_keys import MODEL_LOADING, REGISTRY, SETTINGS, STORAGE
 from service.asking import NO_MODELS
 from service.log import configure_logging
 from service.protocol_errors import answer_protocol_errors_in_json
@@ -19,12 +20,23 @@ from service.settings import ConfigError, Settings, load_settings
 log = structlog.get_logger("ai_stream")
 
 
-async def _freeze_heap(app: web.Application) -> None:
-    """After startup, move everything alive into the collector's permanent generation: the SDKs'
-    modules and types are some 170,000 objects that a full collection would otherwise walk
-    (about 100 ms, a pause every open stream feels) and that live as long as the process."""
+def _freeze_heap() -> None:
+    """Once the models are loaded, move everything alive into the collector's permanent
+    generation: the SDKs' modules and types are some 170,000 objects that a full collection
+    would otherwise walk (about 100 ms, a pause every open stream feels) and that live as long
+    as the process."""
     gc.collect()
     gc.freeze()
+
+
+def _stop() -> None:
+    """A process whose SDKs cannot be loaded cannot answer: it stops (exit status 1), so that
+    whatever runs it starts it again, rather than serving 503s."""
+    asyncio.get_running_loop().call_soon(_graceful_exit)
+
+
+def _graceful_exit() -> None:
+    raise web.GracefulExit()
 
 
 async def _announce(app: web.Application) -> None:
@@ -48,13 +60,15 @@ def server_app(settings: Settings) -> web.Application:
     """The application as a server process runs it: `create_app` plus process-wide tuning."""
     answer_protocol_errors_in_json()
     app = create_app(settings)
-    # After the cleanup contexts: the SDK clients and the store exist by then.
+    # After the cleanup contexts: the store exists by then (the SDK clients come after, see
+    # service/model_loading.py).
     app.on_startup.append(_announce)
-    app.on_startup.append(_freeze_heap)
+    app[MODEL_LOADING].after_load(_freeze_heap)
+    app[MODEL_LOADING].on_failure(_stop)
     return app
 
 
-def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     app = server_app(settings)
     # handler_cancellation: a client that goes away cancels its handler, which closes the
     # upstream request at once instead of at the next write. The grace period of a shutdown
@@ -69,6 +83,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         access_log=None,
         print=None,
     )
+    return 1 if app[MODEL_LOADING].failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,15 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.worker:
-        serve(settings, reuse_port=True)
-        return 0
+        return serve(settings, reuse_port=True)
     if settings.workers > 1:
         from service.workers import Supervisor
 
         stop_timeout = settings.shutdown_grace + settings.shutdown_write_timeout + 10
         return Supervisor(settings.workers, stop_timeout).run()
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":

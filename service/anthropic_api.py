@@ -25,6 +25,7 @@ from service.formats import anthropic_messages
 from service.formats.anthropic_messages import MessageEvents
 from service.limits import check_input
 from service.outcome import STATUS_FOR_CODE
+from service.model_loading import needs_models
 from service.security import opens_answer
 
 UNSUPPORTED = {
@@ -66,6 +67,7 @@ def _asked(request: web.Request, data: dict[str, Any]) -> tuple[Asked, MessageEv
     return asked, MessageEvents(read.model)
 
 
+@needs_models
 @error_shape(anthropic_messages.error_body)
 async def count_tokens(request: web.Request) -> web.Response:
     """Claude's own count when the request's first model can count (passed through to its

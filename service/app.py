@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 import structlog
 from aiohttp import web
 
-from providers.factory import ModelRegistry
-from providers.fallback import FallbackChain
 from service.anthropic_api import add_anthropic_routes
 from service.app_keys import (
     ACTIVITY,
-    CHAIN,
     CLOCK,
     FAILED_LOGINS,
     IN_FLIGHT,
     LIMITER,
     METRICS,
+    MODEL_LOADING,
     OVERLOAD,
-    REGISTRY,
     SETTINGS,
     USER_LIMITER,
 )
@@ -30,6 +27,7 @@ from service.datecontext import utc_now
 from service.errors import add_request_id, request_middleware
 from service.limits import FailedLogins, RateLimiter
 from service.metrics import Metrics
+from service.model_loading import ModelLoading, models_context, models_gate, stop_waiting
 from service.openai_api import add_openai_routes
 from service.overload import LagSource, LoopLag, Overload, loop_lag_context, overload_middleware
 from service.playground import add_playground_routes
@@ -58,7 +56,7 @@ def create_app(
     # The body limit is enforced (with a JSON 413) by the handlers; aiohttp's own cap sits just above it.
     # Overload is shed first: a refused answer costs as little as possible.
     app = web.Application(
-        middlewares=[request_middleware, overload_middleware(), access_middleware(settings)],
+        middlewares=[request_middleware, overload_middleware(), access_middleware(settings), models_gate()],
         client_max_size=settings.max_body_bytes + 1,
     )
     app[SETTINGS] = settings
@@ -66,6 +64,7 @@ def create_app(
     app[IN_FLIGHT] = weakref.WeakSet()
     app[ACTIVITY] = RecentActivity()
     app[METRICS] = Metrics(app[ACTIVITY])
+    app[MODEL_LOADING] = ModelLoading()
     app[OVERLOAD] = Overload(settings.shed_loop_lag_ms, loop_lag or LoopLag(), app[METRICS])
     app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.max_concurrent_streams, settings.max_total_streams)
     app[USER_LIMITER] = RateLimiter(
@@ -80,13 +79,14 @@ def create_app(
     app.cleanup_ctx.append(redis_context)
     app.cleanup_ctx.append(shared_limits_context)
     app.cleanup_ctx.append(storage_context)
-    app.cleanup_ctx.append(_models)
+    app.cleanup_ctx.append(models_context)
     app.cleanup_ctx.append(shared_circuits_context)  # after the models: it shares their circuits
     app.cleanup_ctx.append(summaries_context)  # after the models: its cleanup runs before theirs
     app.cleanup_ctx.append(loop_lag_context)  # after the rest of start-up: its own pauses are no load
     # Last: its cleanup (the producers still running, stopped and stored) runs first.
     app.cleanup_ctx.append(answers_context)
     app.on_response_prepare.append(add_request_id)
+    app.on_shutdown.append(stop_waiting)
     app.on_shutdown.append(_drain)
     add_routes(app)
     add_thread_routes(app)
@@ -99,24 +99,6 @@ def create_app(
     add_anthropic_routes(app)
     setup_cors(app, settings.cors_origins)
     return app
-
-
-async def _models(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    registry = ModelRegistry(
-        settings.catalog, connect_timeout=settings.connect_timeout, idle_timeout=settings.idle_timeout
-    )
-    app[REGISTRY] = registry
-    app[CHAIN] = FallbackChain(
-        registry.models,
-        options=registry.options,
-        first_token_timeout=settings.first_token_timeout,
-        retry_after_max=settings.retry_after_max,
-        cooldown_failures=settings.cooldown_failures,
-        cooldown_seconds=settings.cooldown_seconds,
-    )
-    yield
-    await registry.close()
 
 
 async def _drain(app: web.Application) -> None:

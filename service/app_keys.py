@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.answer_log import AnswerLogs
     from service.limits import FailedLogins, RateLimiter
     from service.metrics import Metrics
+    from service.model_loading import ModelLoading
     from service.overload import Overload
     from service.redis_link import RedisLink
     from service.resume_redis import AnswerMirror
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 REGISTRY: web.AppKey[ModelRegistry] = web.AppKey("registry")
 CHAIN: web.AppKey[FallbackChain] = web.AppKey("chain")
+# Whether the models' SDKs are loaded yet (they are, in the background, once the service listens).
+MODEL_LOADING: web.AppKey[ModelLoading] = web.AppKey("model_loading")
 # Answers in progress (streamed or not): shutdown ends those still open after its grace period.
 IN_FLIGHT: web.AppKey[weakref.WeakSet[Cutoff]] = web.AppKey("in_flight")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from providers.base import Message, ModelRequest
 from service import __version__
-from service.app_keys import CHAIN, IN_FLIGHT, METRICS, OVERLOAD, REDIS, REGISTRY, SETTINGS, STORAGE
+from service.app_keys import CHAIN, IN_FLIGHT, METRICS, MODEL_LOADING, OVERLOAD, REDIS, REGISTRY, SETTINGS, STORAGE
 from service.asking import Asked, answer, chain_for
 from service.body import invalid, read_json, validate
 from service.errors import ApiError
@@ -130,6 +130,7 @@ async def health(request: web.Request) -> web.Response:
     # degraded: a configured model cannot be used (no credentials), or the store or Redis is not
     # answering. Not when overloaded: that passes by itself, and the replica still serves its streams.
     ok = storage.ok and redis["ok"] and all(info.has_credentials for info in registry.info)
+    ok = ok and not request.app[MODEL_LOADING].failed  # the SDKs could not be loaded (the process stops)
     return web.json_response(
         {
             "status": "ok" if ok else "degraded",
@@ -139,6 +140,8 @@ async def health(request: web.Request) -> web.Response:
             "model": primary.model,
             "provider": primary.provider,
             "models": models,
+            # False only right after start, while the SDKs load: an answer asked now waits for them.
+            "models_ready": request.app[MODEL_LOADING].ready,
             "endpoints": endpoints,
             "open_streams": len(request.app[IN_FLIGHT]),
             "storage": {"backend": storage.store.backend, "ok": storage.ok},

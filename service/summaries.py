@@ -24,7 +24,7 @@ from providers.base import (
     ProviderError,
     TextDelta,
 )
-from service.app_keys import METRICS, REGISTRY, SETTINGS, STORAGE, SUMMARIZER
+from service.app_keys import METRICS, MODEL_LOADING, REGISTRY, SETTINGS, STORAGE, SUMMARIZER
 from storage import Owner, StoredMessage, Summary
 
 log = structlog.get_logger("ai_stream")
@@ -126,14 +126,18 @@ async def summaries_context(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx, after the models' (so its cleanup runs first): summaries still being
     written get AI_SHUTDOWN_WRITE_TIMEOUT seconds, then are cancelled (the next turn retries)."""
     settings = app[SETTINGS]
-    provider = None
+    summarizer = app[SUMMARIZER] = Summarizer(app, None, settings.request_timeout)
     if settings.summary_model is not None:
         registry = app[REGISTRY]
         name = registry.resolve(settings.summary_model)
-        provider = next((model for model in registry.models if model.name == name), None)
-        if provider is None:
+        if name not in registry.usable:
             log.warning("summary_model_unusable", model=settings.summary_model, reason="no credentials")
-    summarizer = app[SUMMARIZER] = Summarizer(app, provider, settings.request_timeout)
+        else:
+
+            def find_provider() -> None:  # once the models exist (see service/model_loading.py)
+                summarizer.provider = next(model for model in registry.models if model.name == name)
+
+            app[MODEL_LOADING].after_load(find_provider)
     yield
     if summarizer.tasks:
         await asyncio.wait(summarizer.tasks, timeout=settings.shutdown_write_timeout)

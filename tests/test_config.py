@@ -118,6 +118,7 @@ def service_env(fake_upstream, port: int, **settings: str) -> dict[str, str]:
         "ANTHROPIC_BASE_URL": fake_upstream.base_url,
         "AI_MODELS": "anthropic/claude-primary",
         "AI_LOG_FORMAT": "json",
+        "AI_SHED_LOOP_LAG_MS": "0",  # a test machine's loop lags with whatever else runs on it
         **settings,
     }
 

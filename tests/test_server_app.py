@@ -5,15 +5,17 @@ from __future__ import annotations
 import gc
 
 from service.__main__ import server_app
+from service.app_keys import MODEL_LOADING
 from tests.conftest import parse_events
 
 
-async def test_startup_freezes_the_heap_so_full_collections_skip_it(aiohttp_client, make_settings):
+async def test_loading_the_models_freezes_the_heap_so_full_collections_skip_it(aiohttp_client, make_settings):
     gc.unfreeze()
     try:
         client = await aiohttp_client(server_app(make_settings()))
-        # Everything alive after startup (the SDKs' modules and types are most of it) is frozen:
-        # a full collection no longer walks it.
+        await client.app[MODEL_LOADING].wait()
+        # Everything alive once the models are loaded (the SDKs' modules and types are most of
+        # it) is frozen: a full collection no longer walks it.
         frozen = gc.get_freeze_count()
         assert frozen > 50_000
         gc.collect()
