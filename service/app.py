@@ -16,6 +16,7 @@ from service.app_keys import (
     CLOCK,
     FAILED_LOGINS,
     IN_FLIGHT,
+    KEEPALIVES,
     LIMITER,
     METRICS,
     MODEL_LOADING,
@@ -25,6 +26,7 @@ from service.app_keys import (
 )
 from service.datecontext import utc_now
 from service.errors import add_request_id, request_middleware
+from service.keepalive import RESOLUTION_SHARE, KeepAlives, stop_keepalives
 from service.limits import FailedLogins, RateLimiter
 from service.metrics import Metrics
 from service.model_loading import ModelLoading, models_context, models_gate, stop_waiting
@@ -65,6 +67,7 @@ def create_app(
     app[ACTIVITY] = RecentActivity()
     app[METRICS] = Metrics(app[ACTIVITY])
     app[MODEL_LOADING] = ModelLoading()
+    app[KEEPALIVES] = KeepAlives(settings.keepalive_interval / RESOLUTION_SHARE)
     app[OVERLOAD] = Overload(settings.shed_loop_lag_ms, loop_lag or LoopLag(), app[METRICS])
     app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.max_concurrent_streams, settings.max_total_streams)
     app[USER_LIMITER] = RateLimiter(
@@ -88,6 +91,7 @@ def create_app(
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(stop_waiting)
     app.on_shutdown.append(_drain)
+    app.on_cleanup.append(stop_keepalives)
     add_routes(app)
     add_thread_routes(app)
     add_status_routes(app)

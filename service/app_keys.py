@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from providers.fallback import FallbackChain
     from service.answer import Cutoff
     from service.answer_log import AnswerLogs
+    from service.keepalive import KeepAlives
     from service.limits import FailedLogins, RateLimiter
     from service.metrics import Metrics
     from service.model_loading import ModelLoading
@@ -33,6 +34,8 @@ CHAIN: web.AppKey[FallbackChain] = web.AppKey("chain")
 MODEL_LOADING: web.AppKey[ModelLoading] = web.AppKey("model_loading")
 # Answers in progress (streamed or not): shutdown ends those still open after its grace period.
 IN_FLIGHT: web.AppKey[weakref.WeakSet[Cutoff]] = web.AppKey("in_flight")
+# The keep-alives of every open stream, sent by one task (AI_KEEPALIVE_INTERVAL).
+KEEPALIVES: web.AppKey[KeepAlives] = web.AppKey("keepalives")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 # Limits of the end users that backends forward (`key:user_id`).
 USER_LIMITER: web.AppKey[RateLimiter] = web.AppKey("user_limiter")

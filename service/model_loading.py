@@ -157,15 +157,21 @@ def needs_models(handler: Handler) -> Handler:
 
 
 def models_gate() -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Holds a request that needs a model until the models are loaded (only right after start)."""
+    """Holds a request that needs a model until the models are loaded (only right after start).
+    Once they are, a plain pass-through: no frame of its own stays alive as long as a stream."""
 
     @web.middleware
-    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def gate(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         loading = request.app[MODEL_LOADING]
         if not loading.ready:
             route = request.match_info.handler
             if getattr(route, "opens_answer", False) or getattr(route, "needs_models", False):
-                await loading.wait()
-        return await handler(request)
+                return _when_loaded(loading, request, handler)
+        return handler(request)
 
     return gate
+
+
+async def _when_loaded(loading: ModelLoading, request: web.Request, handler: Handler) -> web.StreamResponse:
+    await loading.wait()
+    return await handler(request)
