@@ -6,7 +6,6 @@ stream."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +29,9 @@ class EventStream(EventSourceResponse):
         self._pinging: asyncio.Task[None] | None = None  # a keep-alive being written
 
     async def prepare(self, request: web.BaseRequest) -> Any:
+        if self.prepared:
+            # aiohttp prepares a handler's response again once the handler returns: nothing to start.
+            return await super().prepare(request)
         if request.version < HttpVersion11:
             # HTTP/1.0 has no chunking: the end of the body is the end of the connection.
             self.headers["Connection"] = "close"
@@ -56,10 +58,14 @@ class EventStream(EventSourceResponse):
             self._keepalives = None
 
     async def wait(self) -> None:
-        """Until a keep-alive being written is done."""
+        """Until a keep-alive being written is done (its own cancellation is no error; this
+        task's is passed on)."""
         if self._pinging is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._pinging
+            except asyncio.CancelledError:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise
 
     async def close(self) -> None:
         """Stop the keep-alives, and end a keep-alive write still waiting for a slow peer (its
