@@ -145,7 +145,7 @@ def write_config(tmp_path: Path, text: str) -> Path:
 
 
 async def start(aiohttp_client, **overrides: Any):
-    settings = load_settings(request_timeout=10.0, **overrides)
+    settings = load_settings(request_timeout=10.0, shed_loop_lag_ms=0, **overrides)
     return await aiohttp_client(create_app(settings))
 
 
