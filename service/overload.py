@@ -121,7 +121,9 @@ def overload_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
     long as a stream does."""
 
     @web.middleware
-    def shed(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Awaitable[web.StreamResponse]:
+    def shed(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> Awaitable[web.StreamResponse]:
         if getattr(request.match_info.handler, "opens_answer", False):
             request.app[OVERLOAD].check()
         return handler(request)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import HttpVersion11, web
 from aiohttp_sse import EventSourceResponse
@@ -40,7 +40,7 @@ class EventStream(EventSourceResponse):
         self._set_tcp_user_timeout(request)
         writer = await web.StreamResponse.prepare(self, request)
         self.enable_chunked_encoding()
-        self._keepalives = request.app[KEEPALIVES]
+        self._keepalives = cast(web.Request, request).app[KEEPALIVES]
         self._keepalives.add(self)
         # Send the headers now rather than with the first event, so clients see the stream open.
         send_headers = getattr(writer, "send_headers", None)
