@@ -28,6 +28,8 @@ from service.metrics import Metrics
 
 log = structlog.get_logger("ai_stream")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 SAMPLE_INTERVAL = 0.05  # seconds between two measurements of the loop's lag
 # The lag is the median of the last WINDOW samples: one pause, however long (a collection, a
 # large body, start-up), is one sample and refuses nobody; a lag that lasts moves it at once.
@@ -114,17 +116,25 @@ class Overload:
             raise ApiError(503, "overloaded", OVERLOADED_MESSAGE, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
+def continues_answer(handler: Handler) -> Handler:
+    """Marks a route (also marked `opens_answer`) that continues an answer already accepted, such
+    as a resume after a dropped connection: it is never shed, as the answer's stream would not be."""
+    handler.continues_answer = True  # type: ignore[attr-defined]
+    return handler
+
+
 def overload_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Sheds new answers (the routes marked `opens_answer`) while the service is overloaded:
-    before their key is checked, their body read or any model called. Every other route passes.
-    A plain function returning the handler's awaitable: no frame of its own stays alive for as
-    long as a stream does."""
+    """Sheds new answers (the routes marked `opens_answer`, but for `continues_answer`) while the
+    service is overloaded: before their key is checked, their body read or any model called.
+    Every other route passes. A plain function returning the handler's awaitable: no frame of its
+    own stays alive for as long as a stream does."""
 
     @web.middleware
     def shed(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> Awaitable[web.StreamResponse]:
-        if getattr(request.match_info.handler, "opens_answer", False):
+        route = request.match_info.handler
+        if getattr(route, "opens_answer", False) and not getattr(route, "continues_answer", False):
             request.app[OVERLOAD].check()
         return handler(request)
 

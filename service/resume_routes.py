@@ -31,6 +31,7 @@ from service.resumable import read_answer
 from service.resume_redis import is_redis_failure
 from service.resume_remote import Gone, replay_remote
 from service.schemas import THREAD_ID_PATTERN
+from service.overload import continues_answer
 from service.security import opens_answer
 from service.threads import query_user_id
 from storage import Owner
@@ -80,6 +81,7 @@ def _after(request: web.Request, answer_id: str) -> int:
 
 
 @opens_answer
+@continues_answer
 async def resume_answer(request: web.Request) -> web.StreamResponse:
     answer_id = _answer_id(request)
     owner = owner_of(request, query_user_id(request))
@@ -131,6 +133,7 @@ async def cancel_answer(request: web.Request) -> web.Response:
 
 
 @opens_answer
+@continues_answer
 async def resume_chat(request: web.Request) -> web.StreamResponse:
     chat_id = request.match_info["chat_id"]
     if not THREAD_ID_PATTERN.fullmatch(chat_id):

@@ -1,7 +1,8 @@
 """Overload is shed, not suffered: while the event loop lags past AI_SHED_LOOP_LAG_MS, new answers
 are refused up front (503 `overloaded`, `Retry-After`), before their body is read or any model is
 called; answers already streaming go on, /health and /metrics always answer, and an episode is
-logged once. (Each wire format's refusal is in tests/test_format_promises.py.)
+logged once; a resume of an answer already accepted is never refused. (Each wire format's
+refusal is in tests/test_format_promises.py.)
 
 Nothing here depends on the machine's speed: the lag is either set by the test (`SetLag`) or made
 by blocking the loop for longer than any threshold used, so a slower machine only lags more.
@@ -20,6 +21,7 @@ from service.app_keys import OVERLOAD
 from service.overload import WINDOW, LoopLag
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
+from tests.support.resume import TOKENS, joined, last_event_id, read_events, turn, typed_text
 
 GEN = "/ai/stream/generate"
 
@@ -177,3 +179,18 @@ async def test_no_shedding_with_the_threshold_at_zero(aiohttp_client, make_setti
     lag.lag_ms = 10_000
     assert (await client.post(GEN, json={"prompt": "x"})).status == 200
     assert (await (await client.get("/health")).json())["overloaded"] is False
+
+
+async def test_a_resume_of_an_accepted_answer_is_never_shed(aiohttp_client, make_settings, fake_upstream, store_target):
+    lag = SetLag()
+    client = await aiohttp_client(create_app(make_settings(shed_loop_lag_ms=100, database_url=store_target.url), loop_lag=lag))
+    fake_upstream.script("claude-primary", Scenario(tokens=TOKENS, token_delay=0.02))
+    resp = await client.post("/ai/stream/chat", json=turn())
+    answer_id = resp.headers["X-Answer-ID"]
+    first = await read_events(resp, 3)
+    resp.close()  # the network goes away; the answer goes on
+    lag.lag_ms = 500
+    assert (await client.post("/ai/stream/chat", json=turn(thread_id="t-2"))).status == 503  # a new answer is shed
+    again = await client.get(f"/ai/stream/answers/{answer_id}", headers={"Last-Event-ID": last_event_id(first)})
+    assert again.status == 200  # the accepted one is not
+    assert typed_text(joined(first, await again.read())) == "".join(TOKENS)
