@@ -289,6 +289,8 @@ _BENCH_LIMITS = {
     "AI_REQUEST_TIMEOUT": "3600",
     "AI_KEEPALIVE_INTERVAL": "3600",
     "AI_MAX_TOTAL_STREAMS": "0",
+    # Capacity and memory are measured without shedding; the overload phase runs the shipped rule.
+    "AI_SHED_LOOP_LAG_MS": "0",
 }
 
 

@@ -73,6 +73,8 @@ SERVICE_SETTINGS: dict[str, Any] = {
     # Ended resumable answers are kept this long, past the longest a resuming client stays away
     # (Config.resume_wait_max) with room for a loaded loop; settle waits for them to be forgotten.
     "resume_retention": RESUME_RETENTION,
+    # The load generator runs on the service's own event loop: its lag is the soak's, not the service's.
+    "shed_loop_lag_ms": 0,
 }
 TASK_SLACK = 3  # timers and checks that come and go on their own
 # Memory after the main round vs after the warm-up round, which ran at full concurrency. RSS is coarse:
