@@ -1,4 +1,5 @@
-"""The configured models as providers: one SDK client per endpoint, made by its dialect's adapter."""
+"""The configured models as providers: one upstream (SDK client and HTTP session) per endpoint,
+made by its dialect's adapter."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ __all__ = ["ModelInfo", "ModelRegistry"]
 
 
 class ModelRegistry:
-    """Owns the SDK clients (created once, closed at shutdown) and the configured models."""
+    """Owns the endpoints' upstreams (created once, closed at shutdown) and the configured models."""
 
     def __init__(self, catalog: ModelCatalog, *, connect_timeout: float = 5.0, idle_timeout: float = 60.0) -> None:
         self.catalog = catalog
