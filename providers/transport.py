@@ -292,12 +292,15 @@ class Exchange:
 
     async def __aenter__(self) -> aiohttp.StreamReader:
         upstream, template = self.upstream, self.template
+        # Not kept while the answer streams: an idle stream would hold its whole prompt (and
+        # orjson's output takes a 4 KB block however short it is).
+        body, self.body = self.body, b""
         try:
             # Until the headers are in; then the watchdog keeps the time.
             async with asyncio.timeout(upstream.idle_timeout):
                 response = self.response = await upstream.session().post(
                     template.url,
-                    data=self.body,
+                    data=body,
                     headers=template.headers,
                     proxy=template.proxy,
                     proxy_auth=template.proxy_auth,
