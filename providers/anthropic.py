@@ -63,6 +63,10 @@ class AnthropicModel:
         self._messages = upstream.client.messages
         self.errors = UpstreamErrors.of_sdk(anthropic, endpoint, model)
 
+    async def prepare(self) -> None:
+        """Capture the model's request from its SDK now rather than on the first answer."""
+        await self.upstream.template(self.model, self._sdk_stream)
+
     def _sdk_stream(self) -> Any:
         """The SDK's own streaming call (captured once, see `providers.transport`)."""
         return self._messages.create(**self._params(_SAMPLE))

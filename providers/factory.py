@@ -3,6 +3,7 @@ made by its dialect's adapter."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from providers.base import Provider
@@ -34,6 +35,17 @@ class ModelRegistry:
                 )
             self.models.append(dialect.create_model(client, info.model, endpoint))
             self.options[info.name] = info.options
+
+    async def prepare(self) -> None:
+        """Have each model's SDK build its request now (`providers.transport`): the first answer
+        then does not wait for it, and what the SDK loads on its first call is loaded with the
+        rest of startup. A model whose SDK fails here tries again on its first answer, where the
+        failure is reported as any other."""
+        for model in self.models:
+            prepare = getattr(model, "prepare", None)
+            if prepare is not None:
+                with contextlib.suppress(Exception):
+                    await prepare()
 
     def resolve(self, requested: str) -> str | None:
         """The configured `endpoint/model` named by `requested` (full name, bare model name or alias)."""

@@ -80,6 +80,10 @@ class OpenAIModel:
         # OpenAI's own newer models want `max_completion_tokens`; compatible servers know `max_tokens`.
         self.max_tokens_field = max_tokens_field
 
+    async def prepare(self) -> None:
+        """Capture the model's request from its SDK now rather than on the first answer."""
+        await self.upstream.template(self.model, self._sdk_stream)
+
     def _sdk_stream(self) -> Any:
         """The SDK's own streaming call (captured once, see `providers.transport`)."""
         return self._completions.create(**self._params(_SAMPLE), extra_headers=_REQUEST_HEADERS)

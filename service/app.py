@@ -98,6 +98,7 @@ async def _models(app: web.Application) -> AsyncIterator[None]:
         settings.catalog, connect_timeout=settings.connect_timeout, idle_timeout=settings.idle_timeout
     )
     app[REGISTRY] = registry
+    await registry.prepare()
     app[CHAIN] = FallbackChain(
         registry.models,
         options=registry.options,
