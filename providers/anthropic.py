@@ -1,13 +1,13 @@
 """Claude through the Anthropic Messages API.
 
-The SDK makes the request (auth, base URL, error classes); the hot path reads the raw
-streaming body and decodes the events itself, which costs a fraction of the SDK's typed
-stream helpers per token.
+The SDK says what the request is (URL, auth and version headers, error classes): its own
+`messages.create` is captured once per model (`providers.transport`); each answer sends that
+request with its own body and decodes the raw event stream itself, which costs a fraction of
+the SDK's request pipeline and typed stream helpers.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -15,20 +15,25 @@ import anthropic
 
 from providers.base import (
     Finish,
+    Message,
     ModelRequest,
     StreamEvent,
     TextDelta,
     Usage,
 )
+from providers.codec import dumps, loads
 from providers.endpoints import Endpoint
 from providers.errors import UpstreamErrors, interrupted, stream_error
 from providers.prompt import joined, last_user_index, stable_prefix_end
 from providers.sse import SSEDecoder, may_hold_surrogates, repaired
-from providers.transport import create_sdk_client
+from providers.transport import Upstream, create_sdk_client
+
+# The request the SDK is asked for once per model, to learn its URL and headers.
+_SAMPLE = ModelRequest(messages=(Message("user", "x"),), max_tokens=1)
 
 
-def create_client(endpoint: Endpoint, *, connect_timeout: float, idle_timeout: float) -> anthropic.AsyncAnthropic:
-    return create_sdk_client(
+def create_client(endpoint: Endpoint, *, connect_timeout: float, idle_timeout: float) -> Upstream:
+    client, http = create_sdk_client(
         anthropic,
         anthropic.AsyncAnthropic,
         api_key=endpoint.api_key or "",
@@ -37,25 +42,37 @@ def create_client(endpoint: Endpoint, *, connect_timeout: float, idle_timeout: f
         idle_timeout=idle_timeout,
         headers=dict(endpoint.headers),
     )
+    return Upstream(anthropic, client, http, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
 
 
-def create_model(client: anthropic.AsyncAnthropic, model: str, endpoint: Endpoint) -> AnthropicModel:
-    return AnthropicModel(client, model, endpoint=endpoint.name, max_tokens_field=endpoint.max_tokens_field or "max_tokens")
+def create_model(upstream: Upstream, model: str, endpoint: Endpoint) -> AnthropicModel:
+    return AnthropicModel(upstream, model, endpoint=endpoint.name, max_tokens_field=endpoint.max_tokens_field or "max_tokens")
 
 
 class AnthropicModel:
     def __init__(
-        self, client: anthropic.AsyncAnthropic, model: str, *, endpoint: str = "anthropic", max_tokens_field: str = "max_tokens"
+        self, upstream: Upstream, model: str, *, endpoint: str = "anthropic", max_tokens_field: str = "max_tokens"
     ) -> None:
-        self.client = client
+        self.upstream = upstream
         self.model = model
         self.provider = endpoint
         self.name = f"{endpoint}/{model}"
         self.max_tokens_field = max_tokens_field
         # Resolved once, here: the SDK imports its resource modules on first use, and they belong
         # with the rest of startup (see `service.__main__._freeze_heap`).
-        self._create = client.messages.with_streaming_response.create
+        self._messages = upstream.client.messages
         self.errors = UpstreamErrors.of_sdk(anthropic, endpoint, model)
+
+    async def prepare(self) -> None:
+        """Capture the model's request from its SDK now rather than on the first answer."""
+        await self.upstream.template(self.model, self._sdk_stream)
+
+    def _sdk_stream(self) -> Any:
+        """The SDK's own streaming call (captured once, see `providers.transport`)."""
+        return self._messages.create(**self._params(_SAMPLE))
+
+    def _sdk_count(self) -> Any:
+        return self._messages.count_tokens(**self._count_params(_SAMPLE))
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in request.messages]
@@ -98,23 +115,29 @@ class AnthropicModel:
         # sampling parameter with a 400, so sending it would fail requests that set it.
         return params
 
-    async def count_tokens(self, request: ModelRequest) -> int:
-        """The input tokens of `request`, from the Messages API's token-counting endpoint."""
+    def _count_params(self, request: ModelRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         }
         if request.system:
             params["system"] = request.system
+        return params
+
+    async def count_tokens(self, request: ModelRequest) -> int:
+        """The input tokens of `request`, from the Messages API's token-counting endpoint."""
         with self.errors:
-            counted = await self.client.messages.count_tokens(**params)
-            return int(counted.input_tokens)
+            template = await self.upstream.template(self.model + " count_tokens", self._sdk_count)
+            counted = await self.upstream.fetch_json(template, dumps(self._count_params(request)))
+            return int(counted["input_tokens"])
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         with self.errors:
-            async with self._create(**self._params(request)) as response:
+            template = await self.upstream.template(self.model, self._sdk_stream)
+            async with self.upstream.send(template, dumps(self._params(request))) as body:
                 events = _MessageEvents(self.provider, self.model)
-                async for chunk in response.iter_bytes():
+                read = body.readany
+                while chunk := await read():
                     if events.finish is None:  # else read the body to its end: the connection is reused
                         for text in events.feed(chunk):
                             yield text
@@ -151,7 +174,7 @@ class _MessageEvents:
         texts: list[TextDelta] = []
         try:
             for data in self.sse.feed(chunk):
-                event = json.loads(data)
+                event = loads(data)
                 kind = event["type"]
                 if kind == "content_block_delta":
                     delta = event["delta"]

@@ -26,7 +26,7 @@ class Adapter(Protocol):
     """What a dialect's module provides."""
 
     def create_client(self, endpoint: Endpoint, *, connect_timeout: float, idle_timeout: float) -> Any:
-        """One SDK client for the endpoint (closed with `await client.close()`)."""
+        """The endpoint's upstream: its SDK client and HTTP session (closed with `await client.close()`)."""
 
     def create_model(self, client: Any, model: str, endpoint: Endpoint) -> Provider:
         """The model `model` served by the endpoint, named `endpoint/model`."""

@@ -1,7 +1,9 @@
-"""The configured models as providers: one SDK client per endpoint, made by its dialect's adapter."""
+"""The configured models as providers: one upstream (SDK client and HTTP session) per endpoint,
+made by its dialect's adapter."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from providers.base import Provider
@@ -12,7 +14,7 @@ __all__ = ["ModelInfo", "ModelRegistry"]
 
 
 class ModelRegistry:
-    """Owns the SDK clients (created once, closed at shutdown) and the configured models.
+    """Owns the endpoints' upstreams (created once, closed at shutdown) and the configured models.
 
     What the configuration says (`info`, `options`, `usable`) is known at once; the providers
     (`models`) exist once `load()` has imported the SDKs and made their clients, which takes
@@ -50,6 +52,17 @@ class ModelRegistry:
                 client = self._clients[endpoint.name] = dialect.create_client(endpoint, **self._timeouts)
             models.append(dialect.create_model(client, info.model, endpoint))
         self.models = models
+
+    async def prepare(self) -> None:
+        """Have each model's SDK build its request now (`providers.transport`): the first answer
+        then does not wait for it, and what the SDK loads on its first call is loaded with the
+        rest of startup. A model whose SDK fails here tries again on its first answer, where the
+        failure is reported as any other."""
+        for model in self.models:
+            prepare = getattr(model, "prepare", None)
+            if prepare is not None:
+                with contextlib.suppress(Exception):
+                    await prepare()
 
     def resolve(self, requested: str) -> str | None:
         """The configured `endpoint/model` named by `requested` (full name, bare model name or alias)."""

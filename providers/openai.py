@@ -1,11 +1,11 @@
 """Any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama, llama.cpp...).
 
-As for Anthropic, the SDK makes the request and the hot path decodes the raw chunk stream.
+As for Anthropic, the SDK says what the request is (captured once per model, see
+`providers.transport`) and the hot path sends it and decodes the raw chunk stream.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -13,17 +13,19 @@ import openai
 
 from providers.base import (
     Finish,
+    Message,
     ModelRequest,
     ProviderError,
     StreamEvent,
     TextDelta,
     Usage,
 )
+from providers.codec import dumps, loads
 from providers.endpoints import Endpoint
 from providers.errors import UpstreamErrors, interrupted
 from providers.prompt import joined, last_user_index
 from providers.sse import SSEDecoder, may_hold_surrogates, repaired
-from providers.transport import create_sdk_client
+from providers.transport import Upstream, create_sdk_client
 
 # This SDK adds its retry count and read timeout after the client's headers unless the request
 # itself removes them.
@@ -38,12 +40,16 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 _OPENAI_ACCOUNT_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 
 
-def create_client(endpoint: Endpoint, *, connect_timeout: float, idle_timeout: float) -> openai.AsyncOpenAI:
+# The request the SDK is asked for once per model, to learn its URL and headers.
+_SAMPLE = ModelRequest(messages=(Message("user", "x"),), max_tokens=1)
+
+
+def create_client(endpoint: Endpoint, *, connect_timeout: float, idle_timeout: float) -> Upstream:
     headers: dict[str, Any] = dict(endpoint.headers)
     if not endpoint.builtin:
         given = {name.lower() for name in headers}
         headers.update({name: openai.omit for name in _OPENAI_ACCOUNT_HEADERS if name.lower() not in given})
-    return create_sdk_client(
+    client, http = create_sdk_client(
         openai,
         openai.AsyncOpenAI,
         api_key=endpoint.api_key or "",
@@ -52,26 +58,35 @@ def create_client(endpoint: Endpoint, *, connect_timeout: float, idle_timeout: f
         idle_timeout=idle_timeout,
         headers=headers,
     )
+    return Upstream(openai, client, http, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
 
 
-def create_model(client: openai.AsyncOpenAI, model: str, endpoint: Endpoint) -> OpenAIModel:
-    return OpenAIModel(client, model, endpoint=endpoint.name, max_tokens_field=endpoint.max_tokens_field or "max_tokens")
+def create_model(upstream: Upstream, model: str, endpoint: Endpoint) -> OpenAIModel:
+    return OpenAIModel(upstream, model, endpoint=endpoint.name, max_tokens_field=endpoint.max_tokens_field or "max_tokens")
 
 
 class OpenAIModel:
     def __init__(
-        self, client: openai.AsyncOpenAI, model: str, *, endpoint: str = "openai", max_tokens_field: str = "max_tokens"
+        self, upstream: Upstream, model: str, *, endpoint: str = "openai", max_tokens_field: str = "max_tokens"
     ) -> None:
-        self.client = client
+        self.upstream = upstream
         self.model = model
         self.provider = endpoint
         self.name = f"{endpoint}/{model}"
         # Resolved once, here: the SDK imports its resource modules on first use, and they belong
         # with the rest of startup (see `service.__main__._freeze_heap`).
-        self._create = client.chat.completions.with_streaming_response.create
+        self._completions = upstream.client.chat.completions
         self.errors = UpstreamErrors.of_sdk(openai, endpoint, model)
         # OpenAI's own newer models want `max_completion_tokens`; compatible servers know `max_tokens`.
         self.max_tokens_field = max_tokens_field
+
+    async def prepare(self) -> None:
+        """Capture the model's request from its SDK now rather than on the first answer."""
+        await self.upstream.template(self.model, self._sdk_stream)
+
+    def _sdk_stream(self) -> Any:
+        """The SDK's own streaming call (captured once, see `providers.transport`)."""
+        return self._completions.create(**self._params(_SAMPLE), extra_headers=_REQUEST_HEADERS)
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         system = request.system
@@ -92,7 +107,6 @@ class OpenAIModel:
             "stream": True,
             "stream_options": {"include_usage": True},
             self.max_tokens_field: request.max_tokens,
-            "extra_headers": _REQUEST_HEADERS,
         }
         if request.temperature is not None:
             params["temperature"] = request.temperature
@@ -102,9 +116,11 @@ class OpenAIModel:
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         with self.errors:
-            async with self._create(**self._params(request)) as response:
+            template = await self.upstream.template(self.model, self._sdk_stream)
+            async with self.upstream.send(template, dumps(self._params(request))) as body:
                 chunks = _CompletionChunks(self.provider, self.model)
-                async for chunk in response.iter_bytes():
+                read = body.readany
+                while chunk := await read():
                     if not chunks.done:  # else read the body to its end: the connection is reused
                         for text in chunks.feed(chunk):
                             yield text
@@ -138,7 +154,7 @@ class _CompletionChunks:
                 if data == b"[DONE]":
                     self.done = True
                     break
-                event = json.loads(data)
+                event = loads(data)
                 for choice in event.get("choices") or ():
                     content = (choice.get("delta") or {}).get("content")
                     if content:

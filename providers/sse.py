@@ -39,21 +39,22 @@ class SSEDecoder:
             if chunk.endswith(b"\r"):
                 chunk, self._cr = chunk[:-1], True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk if self._buffer else chunk
+        *blocks, self._buffer = (self._buffer + chunk if self._buffer else chunk).split(b"\n\n")
         payloads: list[bytes] = []
-        start = 0
-        while (end := buffer.find(b"\n\n", start)) != -1:
-            block = buffer[start:end]
-            start = end + 2
-            # The usual cases: a lone `data:` line (OpenAI), or `event:` then `data:` (Anthropic).
-            line = block.rfind(b"\n") + 1
-            if block.startswith(b"data:", line) and (line == 0 or block.startswith(b"event:")) and block.count(b"\n") <= 1:
-                payloads.append(_field_value(block[line:]))
-                continue
+        for block in blocks:
+            # The usual cases: a lone `data: ` line (OpenAI), or `event:` then `data: ` (Anthropic).
+            if block.startswith(b"data: "):
+                if b"\n" not in block:
+                    payloads.append(block[6:])
+                    continue
+            elif block.startswith(b"event:"):
+                line = block.find(b"\ndata:") + 1  # the first data line, which must be the last line
+                if line and block.startswith(b"data: ", line) and block.find(b"\n", line) == -1:
+                    payloads.append(block[line + 6 :])
+                    continue
             data = [_field_value(line) for line in block.split(b"\n") if line.startswith(b"data:")]
             if data:
                 payloads.append(b"\n".join(data))
-        self._buffer = buffer[start:]
         return payloads
 
     @property

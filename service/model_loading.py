@@ -91,6 +91,7 @@ class ModelLoading:
             await finished
             if self._done.is_set():
                 return  # abandoned meanwhile
+            await registry.prepare()  # each model's request built by its SDK once, before any answer
             chain.models = tuple(registry.models)
             for hook in self._after:
                 hook()

@@ -181,6 +181,8 @@ class Settings(BaseSettings):
         0.05, validation_alias=AliasChoices("AI_RESUME_FLUSH_INTERVAL", "resume_flush_interval")
     )
     workers: int = Field(1, ge=1, le=64, validation_alias=AliasChoices("AI_WORKERS", "workers"))
+    # The event loop `python -m service` runs on; None: uvloop when it is installed, else asyncio's.
+    event_loop: Literal["uvloop", "asyncio"] | None = Field(None, validation_alias=AliasChoices("AI_EVENT_LOOP", "event_loop"))
     metrics_public: bool = Field(True, validation_alias=AliasChoices("AI_METRICS_PUBLIC", "metrics_public"))
     shutdown_grace: float = Field(25.0, ge=0, validation_alias=AliasChoices("AI_SHUTDOWN_GRACE", "shutdown_grace"))
     # New answers are refused (503 overloaded) while the event loop's smoothed lag is over this
@@ -224,7 +226,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a known IANA time zone") from None
         return value
 
-    @field_validator("log_level", "log_format", "prompt_cache", mode="before")
+    @field_validator("log_level", "log_format", "prompt_cache", "event_loop", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

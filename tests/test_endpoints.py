@@ -338,22 +338,37 @@ def test_a_custom_openai_dialect_endpoint_sends_max_tokens(monkeypatch):
     assert (endpoint.name, endpoint.max_tokens_field, endpoint.has_credentials) == ("local", None, False)
 
 
-async def test_an_sdk_is_imported_only_when_an_endpoint_speaks_its_dialect(tmp_path):
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"ANTHROPIC_API_KEY": "sk-ant-lazy", "AI_MODELS": "anthropic/claude-a"}, ["1", "True", "False"]),
+        ({"OPENAI_API_KEY": "sk-openai-lazy", "AI_MODELS": "openai/gpt-a"}, ["1", "False", "True"]),
+    ],
+    ids=["anthropic only", "openai only"],
+)
+async def test_an_sdk_is_imported_only_when_an_endpoint_speaks_its_dialect(tmp_path, env, expected):
+    # The model's request is also captured from its SDK (as the first answer does; nothing is
+    # sent): that must not bring the other SDK in either.
     script = (
-        "import sys\n"
+        "import asyncio, sys\n"
         "from service.app import create_app\n"
         "from providers.factory import ModelRegistry\n"
         "from service.settings import load_settings\n"
         "settings = load_settings()\n"
         "registry = ModelRegistry(settings.catalog)\n"
+        "model = registry.models[0]\n"
+        "async def capture():\n"
+        "    await model.upstream.template(model.model, model._sdk_stream)\n"
+        "    await registry.close()\n"
+        "asyncio.run(capture())\n"
         "print(len(registry.models), 'anthropic' in sys.modules, 'openai' in sys.modules)\n"
     )
-    env = {**_base_env(), "ANTHROPIC_API_KEY": "sk-ant-lazy", "AI_MODELS": "anthropic/claude-a"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-c", script, env={**_base_env(), **env}, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
-    assert stdout.decode().split() == ["1", "True", "False"], stderr.decode()
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert stdout.decode().split() == expected, stderr.decode()
 
 
 # Misconfigurations: one line naming the variable (or the file and line), exit status 2.

@@ -14,6 +14,8 @@ STREAM = (
     b"data:no-space\n\n"
     b"data: line one\ndata: line two\n\n"
     b"id: 7\nevent: x\ndata: with id\nretry: 10\n\n"
+    b"event: x\ndata:first\ndata: second\n\n"
+    b"event: x\nid: 8\ndata: after an id\n\n"
     b"data: [DONE]\n\n"
 )
 EXPECTED = [
@@ -23,6 +25,8 @@ EXPECTED = [
     b"no-space",
     b"line one\nline two",
     b"with id",
+    b"first\nsecond",
+    b"after an id",
     b"[DONE]",
 ]
 

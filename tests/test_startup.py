@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import requests
 import structlog
 
@@ -138,3 +141,24 @@ async def test_sdks_that_cannot_load_stop_answers_and_say_so(aiohttp_client, mak
     answer = await client.post("/ai/stream/generate", json={"prompt": "x"})
     assert answer.status == 503 and (await answer.json())["code"] == "shutting_down"
     assert fake_upstream.requests == []
+@pytest.mark.parametrize("choice, loop", [(None, "uvloop"), ("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_the_event_loop_is_uvloop_unless_asked_otherwise(tmp_path: Path, choice: str | None, loop: str) -> None:
+    with ThreadedUpstream() as upstream:
+        env = service_env(upstream.fake, tmp_path, **({"AI_EVENT_LOOP": choice} if choice else {}))
+        with run_service(env, tmp_path) as service:
+            (started,) = _events(service.log_lines(), "service_started")
+            assert started["event_loop"] == loop
+            answer = requests.post(f"{service.base_url}/ai/stream/generate", json={"prompt": "x"}, timeout=10)
+            assert answer.status_code == 200 and b'"type":"done"' in answer.content
+
+
+def test_an_unknown_event_loop_stops_the_start(tmp_path: Path) -> None:
+    env = {**service_env_without_upstream(tmp_path), "AI_EVENT_LOOP": "trio"}
+    done = subprocess.run([sys.executable, "-m", "service"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith("ai-stream: invalid setting AI_EVENT_LOOP")
+
+
+def service_env_without_upstream(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_", "ANTHROPIC_", "OPENAI_"))}
+    return {**env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "DATABASE_URL": f"sqlite:///{workdir}/x.db"}

@@ -9,15 +9,14 @@ silent. A failure after the headers is `event: error` with `{"type": "error", "e
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
 from providers.base import Finish, ProviderError
+from providers.codec import dumps as _encode  # compact JSON as UTF-8 bytes
 from service.errors import ApiError
 from service.outcome import Outcome, Receipt
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 STOP_REASONS = frozenset({"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"})
 
@@ -57,7 +56,7 @@ def stop_reason(finish: Finish) -> str:
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + _encode(data).encode() + b"\n\n"
+    return b"event: " + name.encode() + b"\ndata: " + _encode(data) + b"\n\n"
 
 
 _DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
@@ -106,7 +105,7 @@ class MessageEvents:
 
     def text(self, text: str) -> bytes:
         start = b"" if self._started else self._start()
-        return start + _DELTA_HEAD + _encode(text).encode() + b"}}\n\n"
+        return start + _DELTA_HEAD + _encode(text) + b"}}\n\n"
 
     def done(self, outcome: Outcome, receipt: Receipt | None) -> bytes:
         finish = outcome.finish

@@ -9,16 +9,15 @@ SDKs raise it as an `APIError`), and the stream ends without `[DONE]`.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any
 
 from providers.base import Finish, ProviderError
+from providers.codec import dumps as _encode  # compact JSON as UTF-8 bytes
 from service.errors import ApiError
 from service.outcome import STATUS_FOR_CODE, Outcome, Receipt
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 # The service's stop reasons (Anthropic's vocabulary) as OpenAI names them.
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "refusal": "content_filter",
@@ -83,11 +82,11 @@ class ChatCompletionChunks:
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         data = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 "choices": choices, **extra}
-        return b"data: " + _encode(data).encode() + b"\n\n"
+        return b"data: " + _encode(data) + b"\n\n"
 
     def _first(self) -> bytes:
         head = _encode({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model})
-        self._prefix = b"data: " + head[:-1].encode() + b',"choices":[{"index":0,"delta":'
+        self._prefix = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":'
         return self._prefix + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
 
     def opening(self, answer_id: str | None) -> bytes:
@@ -106,7 +105,7 @@ class ChatCompletionChunks:
     def text(self, text: str) -> bytes:
         first = self._first() if self._prefix is None else b""
         assert self._prefix is not None
-        return first + self._prefix + b'{"content":' + _encode(text).encode() + b'},"finish_reason":null}]}\n\n'
+        return first + self._prefix + b'{"content":' + _encode(text) + b'},"finish_reason":null}]}\n\n'
 
     def done(self, outcome: Outcome, receipt: Receipt | None) -> bytes:
         finish = outcome.finish
@@ -121,7 +120,7 @@ class ChatCompletionChunks:
     def failure(self, error: ProviderError) -> bytes:
         body = error_object(STATUS_FOR_CODE.get(error.code, 502), error.code, error.message)
         del body["error"]["param"]
-        return b"data: " + _encode(body).encode() + b"\n\n"
+        return b"data: " + _encode(body) + b"\n\n"
 
     def body(self, outcome: Outcome, receipt: Receipt | None) -> tuple[int, dict[str, Any]]:
         finish = outcome.finish

@@ -9,17 +9,15 @@ text came first) and on the terminal event.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from providers.base import ProviderError, Usage
+from providers.codec import dumps as _encode  # compact JSON as UTF-8 bytes
 from service.outcome import Outcome, Receipt
-
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def event_bytes(payload: dict[str, Any]) -> bytes:
-    return b"data: " + _encode(payload).encode() + b"\n\n"
+    return b"data: " + _encode(payload) + b"\n\n"
 
 
 def usage_fields(usage: Usage) -> dict[str, Any]:
@@ -67,7 +65,7 @@ class TypedEvents:
     def opening(self, answer_id: str | None) -> bytes:
         if answer_id is not None:
             self.answer_id = answer_id
-            self._first = b',"answer_id":' + _encode(answer_id).encode() + b"}\n\n"
+            self._first = b',"answer_id":' + _encode(answer_id) + b"}\n\n"
         return b""
 
     def answering(self, provider: str, model: str) -> bytes:
@@ -76,8 +74,8 @@ class TypedEvents:
     def text(self, text: str) -> bytes:
         if self._first:
             tail, self._first = self._first, b""
-            return b'data: {"type":"content","text":' + _encode(text).encode() + tail
-        return b'data: {"type":"content","text":' + _encode(text).encode() + b"}\n\n"
+            return b'data: {"type":"content","text":' + _encode(text) + tail
+        return b'data: {"type":"content","text":' + _encode(text) + b"}\n\n"
 
     def restart(self) -> bytes:
         # Its readers append every `content` event: text once sent cannot be taken back.

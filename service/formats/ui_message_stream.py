@@ -15,14 +15,13 @@ is the `start` chunk's `messageId` (and the `X-Answer-ID` header): nothing is ad
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 from providers.base import ProviderError
+from providers.codec import dumps as _encode  # compact JSON as UTF-8 bytes
 from service.outcome import Outcome, Receipt
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 DONE = b"data: [DONE]\n\n"
@@ -37,7 +36,7 @@ FINISH_REASONS = {
 
 
 def chunk(payload: dict[str, Any]) -> bytes:
-    return b"data: " + _encode(payload).encode() + b"\n\n"
+    return b"data: " + _encode(payload) + b"\n\n"
 
 
 def finish_reason(stop_reason: str | None) -> str:
@@ -76,7 +75,7 @@ class UIMessageStream:
         head = b""
         if not self._open:
             head = self._start_part()
-        return head + self._delta + _encode(text).encode() + b"}\n\n"
+        return head + self._delta + _encode(text) + b"}\n\n"
 
     def _start_part(self) -> bytes:
         self._parts += 1
