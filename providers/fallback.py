@@ -57,27 +57,38 @@ class FallbackChain:
         self.first_token_timeout = first_token_timeout  # for a model without options of its own
         self.options = dict(options or {})
         self.retry_after_max = retry_after_max
+        self._views: dict[str, FallbackChain] = {}  # `starting_at`'s
         # Shared by every view of the chain (see `starting_at`): one circuit per model.
         self.circuits = circuits if circuits is not None else {
             m.name: Circuit(cooldown_failures, cooldown_seconds) for m in self.models
         }
 
     def starting_at(self, name: str) -> FallbackChain:
-        """The same chain, started at the model `name` (its full `provider/model` name)."""
-        names = [m.name for m in self.models]
-        return FallbackChain(
-            self.models[names.index(name) :],
-            first_token_timeout=self.first_token_timeout,
-            retry_after_max=self.retry_after_max,
-            circuits=self.circuits,
-            options=self.options,
-            restart_after_text=self.restart_after_text,
-        )
+        """The same chain, started at the model `name` (its full `provider/model` name); made
+        once per model, as a chain holds nothing of a request's."""
+        view = self._views.get(name)
+        if view is None:
+            names = [m.name for m in self.models]
+            view = self._views[name] = FallbackChain(
+                self.models[names.index(name) :],
+                first_token_timeout=self.first_token_timeout,
+                retry_after_max=self.retry_after_max,
+                circuits=self.circuits,
+                options=self.options,
+                restart_after_text=self.restart_after_text,
+            )
+        return view
+
+    def set_models(self, models: Sequence[Provider]) -> None:
+        """The models, once they are loaded (the chain starts without any)."""
+        self.models = tuple(models)
+        self._views.clear()
 
     def restarting(self) -> FallbackChain:
         """The same chain, going on to the next model when one fails after its text went out."""
         chain = copy.copy(self)  # the models, their options and circuits are shared
         chain.restart_after_text = True
+        chain._views = {}
         return chain
 
     def _for_model(self, model: Provider, request: ModelRequest) -> tuple[float, ModelRequest]:

@@ -114,15 +114,17 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
         await user_limiter.admit(end_user)
     async with user_limiter.stream(end_user) if end_user is not None else _NO_SLOT:
         model_request = asked.model_request
+        context = None
         if settings.date_context and asked.date_context:
             # After the stable prefix (see providers/prompt.py), so that it never breaks a prompt cache.
-            now = request.app[CLOCK]()
-            model_request = replace(model_request, context=date_context(asked.timezone or settings.default_timezone, now))
+            context = date_context(asked.timezone or settings.default_timezone, request.app[CLOCK]())
         provider = asked.provider
         outcome = Outcome()
         store = None
         turn = None
         if asked.thread_id is not None:
+            if context is not None:
+                model_request = replace(model_request, context=context)
             request_log(request)["thread_id"] = asked.thread_id
             if asked.conversation is None:
                 turn = await begin_turn(request, asked.thread_id, asked.user_id, model_request.messages, cut=asked.cut)
@@ -140,7 +142,10 @@ async def answer(request: web.Request, asked: Asked, wire: WireFormat) -> web.St
             # Its text is saved as it grows, so that a crash of this process loses little of it.
             request.app[STORAGE].partials.track(turn.assistant_message_id, outcome.text)
         else:
-            model_request = replace(model_request, cache=cache_marker(settings.prompt_cache, model_request))
+            # One copy of the request, with what this answer adds to it.
+            cache = cache_marker(settings.prompt_cache, model_request)
+            if context is not None or cache is not None:
+                model_request = replace(model_request, context=context, cache=cache)
         end = AnswerEnd(request, store)
         answer_id = turn.assistant_message_id if turn is not None else new_answer_id()
         if asked.stream and asked.is_resumable and wire.event_ids:

@@ -41,8 +41,11 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     try:
-        async with asyncio.timeout(timeout):
-            raw = await request.read()
+        if request.content.is_eof():
+            raw = await request.read()  # it all came with the headers: nothing to wait for
+        else:
+            async with asyncio.timeout(timeout):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(max_bytes) from None
     except TimeoutError:

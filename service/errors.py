@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -98,7 +98,7 @@ async def request_middleware(
 ) -> web.StreamResponse:
     """Request id in and out, JSON for every error, and one canonical log line at the end."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(16)
     request[REQUEST_ID] = request_id
     fields: dict[str, Any] = {}
     request[REQUEST_LOG] = fields
@@ -131,7 +131,7 @@ async def request_middleware(
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].requests.labels(route, request.method, str(status)).inc()
+        request.app[METRICS].request_done(route, request.method, status)
         # A refusal by design (overload) is no fault: its episode has a warning line of its own.
         level = "info" if status < 500 or fields.get("error_code") in _BY_DESIGN else "warning"
         getattr(log, level)(

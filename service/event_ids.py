@@ -12,7 +12,7 @@ and what closes it): each of them gets its own id.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 
 ANSWER_ID_HEADER = "X-Answer-ID"
 ANSWER_ID_PATTERN = re.compile(r"msg_[0-9a-f]{32}")
@@ -22,7 +22,7 @@ _EVENT_END = b"\n\n"
 def new_answer_id() -> str:
     """The id of an answer that is not stored (a stored answer's id is its message id): the same
     shape, so that the UI stream's `start.messageId` is the answer id either way."""
-    return "msg_" + uuid.uuid4().hex
+    return "msg_" + secrets.token_hex(16)
 
 
 class EventIds:

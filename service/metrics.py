@@ -8,7 +8,8 @@ Nothing here runs per token: a stream updates its metrics when it starts and whe
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -30,10 +31,23 @@ if TYPE_CHECKING:
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
 _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelSeries:
+    """The series of the model that answered."""
+
+    ttft: Any
+    duration: Any
+    input_tokens: Any
+    output_tokens: Any
+    cache_read_tokens: Any
+    cache_write_tokens: Any
 
 
 class Metrics:
@@ -95,24 +109,41 @@ class Metrics:
         self.storage_write_failures = Counter(
             "ai_stream_storage_write_failures", "Answers that could not be stored after retries.", registry=r
         )
+        # The series every answer or request touches, looked up once: a label lookup costs more
+        # than the update itself.
+        self._done = self.streams.labels("done", "")
+        self._client_gone = self.streams.labels("client_gone", "")
+        self._by_model: dict[tuple[str, str], _ModelSeries] = {}
+        self._request_series: dict[tuple[str, str, int], Any] = {}
+        self._circuit_states: dict[str, int] = {}
+
+    def request_done(self, route: str, method: str, status: int) -> None:
+        """One HTTP request, by route (its pattern), method and status."""
+        # Any token is a method to aiohttp: only the usual ones get a series of their own.
+        key = (route, method if method in _METHODS else "other", status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = self.requests.labels(key[0], key[1], str(status))
+        series.inc()
 
     def record_answer(self, outcome: Outcome, seconds: float) -> None:
         """One finished answer (streamed or not, however it ended)."""
         finish = outcome.finish
         if finish is not None:
-            self.streams.labels("done", "").inc()
-            model = f"{finish.provider}/{finish.model}"
+            self._done.inc()
+            series = self._model_series(finish.provider, finish.model)
             if outcome.first_token_ms is not None:
-                self.ttft.labels(model).observe(outcome.first_token_ms / 1000)
-            self.duration.labels(model).observe(seconds)
-            self.tokens.labels(model, "input").inc(finish.usage.input_tokens)
-            self.tokens.labels(model, "output").inc(finish.usage.output_tokens)
-            if finish.usage.cache_read_input_tokens:
-                self.tokens.labels(model, "cache_read").inc(finish.usage.cache_read_input_tokens)
-            if finish.usage.cache_creation_input_tokens:
-                self.tokens.labels(model, "cache_write").inc(finish.usage.cache_creation_input_tokens)
+                series.ttft.observe(outcome.first_token_ms / 1000)
+            series.duration.observe(seconds)
+            usage = finish.usage
+            series.input_tokens.inc(usage.input_tokens)
+            series.output_tokens.inc(usage.output_tokens)
+            if usage.cache_read_input_tokens:
+                series.cache_read_tokens.inc(usage.cache_read_input_tokens)
+            if usage.cache_creation_input_tokens:
+                series.cache_write_tokens.inc(usage.cache_creation_input_tokens)
         elif outcome.client_gone:
-            self.streams.labels("client_gone", "").inc()
+            self._client_gone.inc()
         else:
             self.streams.labels("error", outcome.error.code if outcome.error else "").inc()
         # Each failed attempt hands over to the next attempt (or to nobody).
@@ -131,9 +162,29 @@ class Metrics:
         if self.activity is not None:
             self.activity.record(outcome)
 
+    def _model_series(self, provider: str, model: str) -> _ModelSeries:
+        key = (provider, model)
+        series = self._by_model.get(key)
+        if series is None:
+            name = f"{provider}/{model}"
+            series = self._by_model[key] = _ModelSeries(
+                self.ttft.labels(name),
+                self.duration.labels(name),
+                self.tokens.labels(name, "input"),
+                self.tokens.labels(name, "output"),
+                self.tokens.labels(name, "cache_read"),
+                self.tokens.labels(name, "cache_write"),
+            )
+        return series
+
     def observe_circuits(self, circuits: dict[str, Circuit]) -> None:
+        """Each model's circuit state, written only when it differs from the last one written."""
+        written = self._circuit_states
         for name, circuit in circuits.items():
-            self.circuit.labels(name).set(CIRCUIT_VALUES[circuit.state])
+            value = CIRCUIT_VALUES[circuit.state]
+            if written.get(name) != value:
+                self.circuit.labels(name).set(value)
+                written[name] = value
 
     def exposition(self) -> bytes:
         if (directory := multiprocess_dir()) is not None:

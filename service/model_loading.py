@@ -92,7 +92,7 @@ class ModelLoading:
             if self._done.is_set():
                 return  # abandoned meanwhile
             await registry.prepare()  # each model's request built by its SDK once, before any answer
-            chain.models = tuple(registry.models)
+            chain.set_models(registry.models)
             for hook in self._after:
                 hook()
         except Exception:

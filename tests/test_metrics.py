@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.app_keys import CHAIN, METRICS
 from tests.conftest import parse_events
 from tests.fake_upstream import Scenario
 
@@ -84,6 +85,32 @@ async def test_unmatched_routes_do_not_explode_label_sets(client):
     await client.get("/ai/threads/abc/messages")
     m = await scrape(client)
     assert value(m, "ai_stream_requests_total", route="/ai/threads/{thread_id}/messages", method="GET", status="404") == 1
+
+
+async def test_methods_nobody_uses_share_one_series(client):
+    """WebDAV's and the other methods the HTTP parser takes make no series of their own."""
+    for method in ("PROPFIND", "MKCOL", "LOCK", "UNLOCK", "SEARCH"):
+        assert (await client.request(method, "/no/such/path")).status == 404
+    assert (await client.request("DELETE", "/no/such/path")).status == 404
+    m = await scrape(client)
+    assert value(m, "ai_stream_requests_total", route="unmatched", method="other", status="404") == 5
+    assert value(m, "ai_stream_requests_total", route="unmatched", method="DELETE", status="404") == 1
+    assert {dict(labels)["method"] for name, labels in m if name == "ai_stream_requests_total"} == {"other", "DELETE"}  # the scrape itself is counted after it
+
+
+async def test_the_circuit_gauge_follows_an_open_circuit_back_to_closed(make_client, fake_upstream):
+    client = await make_client(cooldown_failures=1, cooldown_seconds=60)
+    fake_upstream.script("claude-primary", Scenario(kind="http_error", status=500), Scenario())
+    await (await client.post("/ai/stream/generate", json={"prompt": "x"})).read()  # the backup answers
+    assert value(await scrape(client), "ai_stream_model_circuit_state", model="anthropic/claude-primary") == 2
+    circuit = client.app[CHAIN].circuits["anthropic/claude-primary"]
+    circuit.open_until = 0.0  # the cool-down is over: half open
+    await (await client.post("/ai/stream/generate", json={"prompt": "x", "model": "claude-backup"})).read()
+    # Written by the answer's end, not only by the scrape.
+    registry = client.app[METRICS].registry
+    assert registry.get_sample_value("ai_stream_model_circuit_state", {"model": "anthropic/claude-primary"}) == 1
+    await (await client.post("/ai/stream/generate", json={"prompt": "x"})).read()  # the probe succeeds
+    assert value(await scrape(client), "ai_stream_model_circuit_state", model="anthropic/claude-primary") == 0
 
 
 async def test_metrics_can_require_a_key(make_client):
