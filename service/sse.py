@@ -1,7 +1,9 @@
 """The event-stream response every streamed format is written through: aiohttp-sse's response
-(headers, dead-peer timeout), with the format's own keep-alive and extra headers. Keep-alives are
-sent by the app's one `KeepAlives` task (service/keepalive.py) instead of aiohttp-sse's task per
-stream."""
+(headers, the send timeout of a keep-alive), with the format's own keep-alive and extra headers.
+Keep-alives are sent by the app's one `KeepAlives` task (service/keepalive.py) instead of
+aiohttp-sse's task per stream; the kernel's dead-peer timeout (`TCP_USER_TIMEOUT`) comes with
+the connection, from its listening socket (service/listening.py), instead of being set and
+restored on every stream."""
 
 from __future__ import annotations
 
@@ -36,8 +38,8 @@ class EventStream(EventSourceResponse):
             # HTTP/1.0 has no chunking: the end of the body is the end of the connection.
             self.headers["Connection"] = "close"
             self.force_close()
-        # aiohttp-sse's own prepare, but for its keep-alive task.
-        self._set_tcp_user_timeout(request)
+        # aiohttp-sse's own prepare, but for its keep-alive task, and for TCP_USER_TIMEOUT,
+        # which every connection has from its listening socket (service/listening.py).
         writer = await web.StreamResponse.prepare(self, request)
         self.enable_chunked_encoding()
         self._keepalives = cast(web.Request, request).app[KEEPALIVES]
