@@ -108,30 +108,34 @@ class FallbackChain:
 
     async def _tries(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
         errors: list[ProviderError] = []
-        answered = [False]
-        cooling: list[Provider] = []
+        cooling: list[Provider] | None = None  # made only when a circuit is open
         for model in self.models:
             if not self.circuits[model.name].try_acquire():
-                cooling.append(model)  # skipped while its circuit is open
+                cooling = [*(cooling or ()), model]  # skipped while its circuit is open
                 continue
-            async for event in self._attempt(model, request, errors, answered):
+            failed = False
+            async for event in self._attempt(model, request, errors):
+                failed = type(event) is AttemptFailed
                 yield event
-            if answered[0]:
+            if not failed:
                 return
         if not errors:
             # Every model is cooling down: trying them in order beats failing without trying.
-            for model in cooling:
-                async for event in self._attempt(model, request, errors, answered):
+            for model in cooling or ():
+                failed = False
+                async for event in self._attempt(model, request, errors):
+                    failed = type(event) is AttemptFailed
                     yield event
-                if answered[0]:
+                if not failed:
                     return
         raise _final_error(errors)
 
     async def _attempt(
-        self, model: Provider, request: ModelRequest, errors: list[ProviderError], answered: list[bool]
+        self, model: Provider, request: ModelRequest, errors: list[ProviderError]
     ) -> AsyncGenerator[StreamEvent, None]:
-        """One model: its events, or (before any text) a failure recorded in `errors`.
-        A failure after text, or one that another model cannot fix, is raised."""
+        """One model: its events, or (before any text) a failure recorded in `errors`, whose
+        `AttemptFailed` is then the last event. A failure after text, or one that another model
+        cannot fix, is raised."""
         circuit = self.circuits[model.name]
         first_token_timeout, request = self._for_model(model, request)
         verdict = False
@@ -141,14 +145,17 @@ class FallbackChain:
                 started = False
                 try:
                     async with asyncio.timeout(first_token_timeout) as first_token:
-                        async with aclosing(model.stream(request)) as events:
+                        events = model.stream(request)
+                        try:
                             async for event in events:
                                 if not started:
                                     started = True
                                     first_token.reschedule(None)
                                     yield AttemptStarted(model.name, model.name.partition("/")[0])
                                 yield event
-                    verdict = answered[0] = True
+                        finally:
+                            await events.aclose()  # `aclosing`'s job, without an object per answer
+                    verdict = True
                     circuit.succeeded()
                     return
                 except ProviderError as exc:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableSet
-from contextlib import aclosing
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -104,46 +104,82 @@ class AnswerEnd:
         return self._receipt
 
 
+class AnswerSink(Protocol):
+    """Where `_consume` hands what the provider sends: the stream being written, or a
+    resumable answer's log. One object per answer rather than a closure per kind of event, as
+    it lives as long as the answer does."""
+
+    async def text(self, text: str) -> None: ...
+
+    async def restart(self) -> None: ...
+
+    async def start(self, event: AttemptStarted) -> None: ...
+
+
 async def _consume(
     cutoff: Cutoff,
     deadline: float,
     provider: Provider,
     model_request: ModelRequest,
     outcome: Outcome,
-    on_text: Callable[[str], Awaitable[None]] | None,
-    on_restart: Callable[[], Awaitable[None]] | None = None,
-    on_start: Callable[[AttemptStarted], Awaitable[None]] | None = None,
+    sink: AnswerSink | None,
 ) -> None:
-    """Read the provider's events into `outcome` within the deadline, handing each text piece to
-    `on_text`, a restart to `on_restart` and the model that starts answering to `on_start`;
+    """Read the provider's events into `outcome` within the deadline, handing each text piece,
+    a restart and the model that starts answering to `sink` (None: only `outcome` is kept);
     upstream failures and time limits end up in `outcome.error`."""
     started = time.perf_counter()
     text = outcome.text
+    events = provider.stream(model_request)
     try:
-        async with asyncio.timeout(deadline) as cutoff.timeout, aclosing(provider.stream(model_request)) as events:
-            async for event in events:
-                if type(event) is TextDelta:
-                    if not text:
-                        outcome.first_token_ms = round((time.perf_counter() - started) * 1000, 1)
-                    text.append(event.text)
-                    if on_text is not None:
-                        await on_text(event.text)
-                elif type(event) is Finish:
-                    outcome.finish = event
-                elif type(event) is AttemptFailed:
-                    outcome.attempts.append(event)
-                elif type(event) is Restarted:
-                    text.clear()  # the answer is the next model's alone
-                    if on_restart is not None:
-                        await on_restart()
-                elif type(event) is AttemptStarted and on_start is not None:
-                    await on_start(event)
+        async with asyncio.timeout(deadline) as cutoff.timeout:
+            try:
+                async for event in events:
+                    if type(event) is TextDelta:
+                        if not text:
+                            outcome.first_token_ms = round((time.perf_counter() - started) * 1000, 1)
+                        text.append(event.text)
+                        if sink is not None:
+                            await sink.text(event.text)
+                    elif type(event) is Finish:
+                        outcome.finish = event
+                    elif type(event) is AttemptFailed:
+                        outcome.attempts.append(event)
+                    elif type(event) is Restarted:
+                        text.clear()  # the answer is the next model's alone
+                        if sink is not None:
+                            await sink.restart()
+                    elif type(event) is AttemptStarted and sink is not None:
+                        await sink.start(event)
+            finally:
+                await events.aclose()  # `aclosing`'s job, without an object per answer
     except ProviderError as exc:
         outcome.error = exc
     except TimeoutError:
         outcome.error = cutoff.error()
     if outcome.finish is None and outcome.error is None:
         outcome.error = ProviderError("upstream_error", ENDED_EARLY_MESSAGE)
+
+
+class _StreamSink:
+    """`AnswerSink` for a streamed answer: each piece written in the wire format, numbered when
+    the format numbers its events."""
+
+    __slots__ = ("response", "wire", "stamp")
+
+    def __init__(self, response: EventStream, wire: WireFormat, stamp: Callable[[bytes], bytes]) -> None:
+        self.response = response
+        self.wire = wire
+        self.stamp = stamp
+
+    async def text(self, text: str) -> None:
+        await self.response.write(self.stamp(self.wire.text(text)))
+
+    async def restart(self) -> None:
+        await self.response.write(self.stamp(self.wire.restart()))
+
+    async def start(self, event: AttemptStarted) -> None:
+        if started := self.wire.answering(event.provider, event.model.partition("/")[2]):
+            await self.response.write(self.stamp(started))
 
 
 async def stream_answer(
@@ -170,28 +206,13 @@ async def stream_answer(
     cutoff = Cutoff()
     in_flight.add(cutoff)
     frame = ids.stamp if ids is not None else _as_is
-
-    if ids is None:
-        async def send_text(text: str) -> None:
-            await response.write(wire.text(text))
-    else:
-        stamp = ids.stamp
-
-        async def send_text(text: str) -> None:
-            await response.write(stamp(wire.text(text)))
-
-    async def send_restart() -> None:
-        await response.write(frame(wire.restart()))
-
-    async def send_start(event: AttemptStarted) -> None:
-        if started := wire.answering(event.provider, event.model.partition("/")[2]):
-            await response.write(frame(started))
+    sink = _StreamSink(response, wire, frame)
 
     try:
         await response.prepare(request)
         if opening := wire.opening(answer_id):
             await response.write(frame(opening))
-        await _consume(cutoff, deadline, provider, model_request, outcome, send_text, send_restart, send_start)
+        await _consume(cutoff, deadline, provider, model_request, outcome, sink)
         receipt = await end(outcome)
         # `end` may have found a fault of ours (a failed store raises nothing: it reports
         # `persisted: false`), so the terminal event is chosen after it.

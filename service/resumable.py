@@ -90,22 +90,10 @@ async def _produce(
     in_flight: MutableSet[Cutoff],
     request_id: str,
 ) -> None:
-    append = answer_log.append
-
-    async def add_text(text: str) -> None:
-        append(wire.text(text))
-
-    async def add_restart() -> None:
-        append(wire.restart())
-
-    async def add_start(event: AttemptStarted) -> None:
-        if started := wire.answering(event.provider, event.model.partition("/")[2]):
-            append(started)
-
     try:
         if opening := wire.opening(answer_log.answer_id):
-            append(opening)
-        await _consume(cutoff, deadline, provider, model_request, outcome, add_text, add_restart, add_start)
+            answer_log.append(opening)
+        await _consume(cutoff, deadline, provider, model_request, outcome, _LogSink(answer_log, wire))
         receipt = await end(outcome)
         terminal = wire.done(outcome, receipt) if outcome.finish is not None else wire.failure(outcome.error)  # type: ignore[arg-type]
         answer_log.finish(terminal)
@@ -134,6 +122,26 @@ async def _produce(
         if answer_log.readers == 0:
             # The request that asked has gone: its log line went out without the answer's end.
             log.info("answer_ended", request_id=request_id, answer_id=answer_log.answer_id, **outcome.log_fields())
+
+
+class _LogSink:
+    """`AnswerSink` for a resumable answer: each piece appended to its log in the wire format."""
+
+    __slots__ = ("log", "wire")
+
+    def __init__(self, answer_log: AnswerLog, wire: WireFormat) -> None:
+        self.log = answer_log
+        self.wire = wire
+
+    async def text(self, text: str) -> None:
+        self.log.append(self.wire.text(text))
+
+    async def restart(self) -> None:
+        self.log.append(self.wire.restart())
+
+    async def start(self, event: AttemptStarted) -> None:
+        if started := self.wire.answering(event.provider, event.model.partition("/")[2]):
+            self.log.append(started)
 
 
 def internal_failure(wire: WireFormat) -> bytes:
