@@ -134,32 +134,47 @@ def create_sdk_client(
 
 
 class IdleWatchdog:
-    """Gives up on response bodies that receive nothing for `idle_timeout` seconds.
+    """Gives up on responses that receive nothing for `idle_timeout` seconds: a body that stays
+    silent, or headers that do not come.
 
-    One task wakes every `interval` (an eighth of the timeout, at most a second) while bodies
-    are open and compares the bytes each has received with what it had at the last change; a
-    body silent for the timeout gets `IdleTimeout`, which its reader raises. A timer per stream
-    re-armed on every chunk (aiohttp's `sock_read`) would cost a timer handle per token.
+    One task wakes every `interval` (an eighth of the timeout, at most a second) while any is
+    watched. It compares the bytes each body has received with what it had at the last change;
+    a body silent for the timeout gets `IdleTimeout`, which its reader raises. A wait for headers
+    longer than the timeout has its `asyncio.timeout` fired. A timer per stream re-armed on every
+    chunk (aiohttp's `sock_read`) would cost a timer handle per token, and a timer per request
+    for the headers costs more than the rest of sending it.
     """
 
-    __slots__ = ("idle_timeout", "interval", "_bodies", "_task")
+    __slots__ = ("idle_timeout", "interval", "_bodies", "_waits", "_task")
 
     def __init__(self, idle_timeout: float) -> None:
         self.idle_timeout = idle_timeout
         self.interval = min(1.0, max(idle_timeout / 8, 0.01))
         self._bodies: dict[aiohttp.StreamReader, list[float]] = {}  # body -> [bytes seen, since]
+        self._waits: dict[asyncio.Timeout, float] = {}  # a wait for headers -> since
         self._task: asyncio.Task[None] | None = None
 
     def watch(self, body: aiohttp.StreamReader) -> None:
         self._bodies[body] = [body.total_bytes, time.monotonic()]
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._start()
 
     def unwatch(self, body: aiohttp.StreamReader) -> None:
         self._bodies.pop(body, None)
 
+    def watch_wait(self, wait: asyncio.Timeout) -> None:
+        """`wait` (entered, with no deadline of its own) is fired once it has lasted the timeout."""
+        self._waits[wait] = time.monotonic()
+        self._start()
+
+    def unwatch_wait(self, wait: asyncio.Timeout) -> None:
+        self._waits.pop(wait, None)
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
     def check(self, now: float) -> None:
-        """One round: fail the bodies silent since `now - idle_timeout`."""
+        """One round: fail the bodies silent, and the waits begun, since `now - idle_timeout`."""
         for body, seen in list(self._bodies.items()):
             total = body.total_bytes
             if total != seen[0]:
@@ -167,10 +182,14 @@ class IdleWatchdog:
             elif now - seen[1] >= self.idle_timeout:
                 del self._bodies[body]
                 body.set_exception(IdleTimeout("the model's server sent nothing for the idle timeout"))
+        for wait, since in list(self._waits.items()):
+            if now - since >= self.idle_timeout:
+                del self._waits[wait]
+                wait.reschedule(asyncio.get_running_loop().time())  # its task gets TimeoutError at once
 
     async def _run(self) -> None:
         try:
-            while self._bodies:
+            while self._bodies or self._waits:
                 await asyncio.sleep(self.interval)
                 self.check(time.monotonic())
         finally:
@@ -295,22 +314,28 @@ class Exchange:
         # Not kept while the answer streams: an idle stream would hold its whole prompt (and
         # orjson's output takes a 4 KB block however short it is).
         body, self.body = self.body, b""
+        watchdog = upstream.watchdog
         try:
-            # Until the headers are in; then the watchdog keeps the time.
-            async with asyncio.timeout(upstream.idle_timeout):
-                response = self.response = await upstream.session().post(
-                    template.url,
-                    data=body,
-                    headers=template.headers,
-                    proxy=template.proxy,
-                    proxy_auth=template.proxy_auth,
-                    proxy_headers=template.proxy_headers,
-                    ssl=template.ssl,
-                )
-                if not 200 <= response.status < 300:
-                    body = await response.read()
-                    response.release()
-                    raise upstream.status_error(template, response, body)
+            # Until the headers are in (or an error's body), within the idle timeout, which the
+            # watchdog keeps: it fires this `timeout`, which has no timer of its own.
+            async with asyncio.timeout(None) as waiting:
+                watchdog.watch_wait(waiting)
+                try:
+                    response = self.response = await upstream.session().post(
+                        template.url,
+                        data=body,
+                        headers=template.headers,
+                        proxy=template.proxy,
+                        proxy_auth=template.proxy_auth,
+                        proxy_headers=template.proxy_headers,
+                        ssl=template.ssl,
+                    )
+                    if not 200 <= response.status < 300:
+                        body = await response.read()
+                        response.release()
+                        raise upstream.status_error(template, response, body)
+                finally:
+                    watchdog.unwatch_wait(waiting)
         except BaseException as exc:
             if self.response is not None:
                 self.response.close()
@@ -318,7 +343,7 @@ class Exchange:
             if mapped is not None:
                 raise mapped from exc
             raise
-        upstream.watchdog.watch(response.content)
+        watchdog.watch(response.content)
         return response.content
 
     async def __aexit__(

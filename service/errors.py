@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from service import log as service_log
 from service.app_keys import METRICS, REQUEST_ID, REQUEST_LOG
 
 log = structlog.get_logger("ai_stream")
@@ -134,15 +135,16 @@ async def request_middleware(
         request.app[METRICS].request_done(route, request.method, status)
         # A refusal by design (overload) is no fault: its episode has a warning line of its own.
         level = "info" if status < 500 or fields.get("error_code") in _BY_DESIGN else "warning"
-        getattr(log, level)(
-            "request",
-            request_id=request_id,
-            method=request.method,
-            route=request.path,
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            **fields,
-        )
+        if level != "info" or service_log.info_enabled:  # not even built when nobody reads it
+            getattr(log, level)(
+                "request",
+                request_id=request_id,
+                method=request.method,
+                route=request.path,
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                **fields,
+            )
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

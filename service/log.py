@@ -12,7 +12,18 @@ from aiohttp import http_exceptions, web_protocol
 _CLIENT_FAULTS = (web_protocol.RequestPayloadError, http_exceptions.ContentEncodingError)
 
 
+# Whether info lines are written (False once configured above info): the canonical request line
+# is then not even built.
+info_enabled = True
+
+
+def writes_info(level: str) -> bool:
+    return logging.getLevelNamesMapping()[level.upper()] <= logging.INFO
+
+
 def configure_logging(level: str = "info", fmt: str | None = None) -> None:
+    global info_enabled
+    info_enabled = writes_info(level)
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor = (

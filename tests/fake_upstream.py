@@ -62,6 +62,7 @@ class Scenario:
     cache_creation_input_tokens: int = 0
     output_tokens: int | None = None  # default: len(tokens)
     end_delay: float = 0.0  # seconds between the last event and the end of the body
+    headers_delay: float = 0.0  # seconds before anything is sent back, the status line included
     one_write: bool = False  # everything before the end (or the drop, or the stall) in one write, as a buffering proxy sends it
 
     @property
@@ -417,6 +418,8 @@ class FakeUpstream:
         assert task is not None
         self._tasks.add(task)
         try:
+            if sc.headers_delay:
+                await asyncio.sleep(sc.headers_delay)
             return await self._respond(request, rec, sc, _AnthropicWire if api == "anthropic" else _OpenAIWire)
         except asyncio.CancelledError:  # the client went away (or close() is stopping us)
             self._record_disconnect(rec)

@@ -8,6 +8,7 @@ upstream server.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -215,3 +216,36 @@ async def test_the_idle_watchdog_fails_only_a_body_that_stays_silent():
         assert busy.exception() is None  # no longer watched
     finally:
         await watchdog.close()
+
+
+async def test_the_idle_watchdog_fires_a_wait_for_headers_that_lasts_the_timeout():
+    watchdog = IdleWatchdog(idle_timeout=600)  # the clock is ours here too
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(None) as waiting:
+                watchdog.watch_wait(waiting)
+                now = time.monotonic()
+                watchdog.check(now + 599)
+                assert waiting.when() is None  # not yet
+                watchdog.check(now + 601)
+                await asyncio.sleep(3600)  # the headers that never come
+        async with asyncio.timeout(None) as done:
+            watchdog.watch_wait(done)
+            watchdog.unwatch_wait(done)  # the headers came
+            watchdog.check(time.monotonic() + 10_000)
+            await asyncio.sleep(0)
+        assert done.when() is None and not done.expired()
+    finally:
+        await watchdog.close()
+
+
+async def test_headers_that_do_not_come_fail_within_the_idle_timeout(make_client, fake_upstream):
+    """Even with a first-token timeout far longer: the wait for the status line is silence too."""
+    client = await make_client(first_token_timeout=60, idle_timeout=0.3, request_timeout=120)
+    fake_upstream.script("claude-primary", Scenario(headers_delay=3600))
+    async with asyncio.timeout(20):  # far below the first-token timeout: only the idle one can end it
+        resp = await client.post("/ai/stream/generate", json={"prompt": "x"})
+        body = await resp.read()
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events] == ["content"] * 4 + ["done"]
+    assert events[-1]["model"] == "claude-backup"  # the primary timed out, the next model answered
