@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import signal
 import sys
 import time
@@ -111,7 +112,8 @@ def chunk(data: bytes) -> bytes:
 def stamped_chunk() -> bytes:
     """A text delta whose text is the time of this call (`1234.5678`), framed as a chunk: the
     same bytes as `chunk(delta_event(...))`, built without a JSON encoder (the text is digits)."""
-    event = _DELTA_HEAD + b'"%.4f"}}\n\n' % time.monotonic()
+    # Rounded down, so that a token read at once is never read before it was written.
+    event = _DELTA_HEAD + b'"%.4f"}}\n\n' % (math.floor(time.monotonic() * 10_000) / 10_000)
     return b"%x\r\n%s\r\n" % (len(event), event)
 
 

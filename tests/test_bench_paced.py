@@ -4,6 +4,7 @@ local server that refuses, fails, cuts or stalls on purpose."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -22,7 +23,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "overloaded"}, status=503)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    stamp = f"{time.monotonic():.4f}".encode()
+    stamp = f"{math.floor(time.monotonic() * 10_000) / 10_000:.4f}".encode()  # as bench.upstream: rounded down
     await resp.write(b'id: a:0\ndata: {"type":"content","text":"' + stamp + b'"}\n\n')
     if model == "ok":
         await resp.write(b'data: {"type":"done","model":"ok"}\n\n')
