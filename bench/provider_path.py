@@ -29,6 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.config import Config
 from bench.procs import ALL_CPUS, Placement, Processes, start_upstream
 from providers.base import Message, ModelRequest
 from providers.dialects import adapter
@@ -101,7 +102,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-provider-") as tmp:
         procs = Processes(Path(tmp), placement=placement)
         try:
-            _, url = start_upstream(procs, 1, 0.0, max_seconds=900)
+            _, url = start_upstream(procs, Config(tokens=1), max_seconds=900)
             if placement is not None:
                 os.sched_setaffinity(0, placement.server)
             coroutine = measure(url, args.requests, args.rounds)
