@@ -14,6 +14,7 @@ from aiohttp import web
 from service.app import create_app
 from service.app_keys import MODEL_LOADING, REGISTRY, SETTINGS, STORAGE
 from service.asking import NO_MODELS
+from service.listening import LISTEN_BACKLOG, listening_sockets
 from service.log import configure_logging
 from service.protocol_errors import answer_protocol_errors_in_json
 from service.settings import ConfigError, Settings, load_settings
@@ -112,9 +113,8 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     # happens in on_shutdown; shutdown_timeout only bounds the handlers' last writes after it.
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port or None,
+        sock=listening_sockets(settings.host, settings.port, reuse_port=reuse_port),
+        backlog=LISTEN_BACKLOG,
         handler_cancellation=True,
         shutdown_timeout=settings.shutdown_write_timeout,
         access_log=None,

@@ -15,12 +15,20 @@ import socket
 
 # aiohttp-sse's own default send timeout, which the keep-alive writes keep as well.
 SEND_TIMEOUT_SECONDS = 120
+# Connections the kernel holds for the service before it accepts them (capped by the kernel's
+# net.core.somaxconn). aiohttp's default of 128 overflows when a burst of clients connects at
+# once (thousands of streams opening after a deploy, a reconnect storm): the kernel then drops
+# their SYNs or, with SYN cookies, resets connections that the client already sent its request
+# on. At 2,250 clients connecting within seconds the relay benchmark's overload phase saw 50 of
+# them reset with 128.
+LISTEN_BACKLOG = 4096
 _TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
 
 
 def listening_sockets(host: str | None, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
-    """Bound (not yet listening) sockets for every address `host` stands for (all of this
-    machine's for an empty or no host), as `loop.create_server` would make them."""
+    """Bound (not yet listening: the server listens with LISTEN_BACKLOG) sockets for every
+    address `host` stands for (all of this machine's for an empty or no host), as
+    `loop.create_server` would make them."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     made: list[socket.socket] = []
     try:

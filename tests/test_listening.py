@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from service.listening import SEND_TIMEOUT_SECONDS, listening_sockets
+from service import __main__ as entry
+from service.listening import LISTEN_BACKLOG, SEND_TIMEOUT_SECONDS, listening_sockets
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's")
 
@@ -69,6 +70,28 @@ def test_every_address_of_the_host_gets_a_socket():
         for sock in sockets:
             if sock.family == socket.AF_INET6:
                 assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_the_service_serves_on_these_sockets(monkeypatch, make_settings):
+    """`python -m service` hands aiohttp its own sockets (and backlog), not a host and port."""
+    given: dict = {}
+
+    def run_app(app, **kwargs):
+        given.update(kwargs)
+        kwargs["loop"].close()
+
+    monkeypatch.setattr(entry.web, "run_app", run_app)
+    assert entry.serve(make_settings(host="127.0.0.1", port=0)) == 0
+    sockets = given.pop("sock")
+    try:
+        assert "host" not in given and "port" not in given and given["backlog"] == LISTEN_BACKLOG
+        [listener] = sockets
+        client, accepted = _accepted(listener)
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == SEND_TIMEOUT_SECONDS * 1000
     finally:
         for sock in sockets:
             sock.close()
