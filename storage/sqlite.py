@@ -20,7 +20,6 @@ import aiosqlite
 
 from . import sqlite_sql as sql
 from .base import (
-    MESSAGE_COLUMNS,
     MESSAGE_FIELDS,
     SUMMARY_COLUMNS,
     ClientMessage,
@@ -74,7 +73,6 @@ def _to_thread_summary(row: sqlite3.Row | tuple) -> ThreadSummary:
     )
 
 
-_MESSAGE_FIELDS = MESSAGE_COLUMNS.split(", ")
 _SUMMARY_FIELDS = SUMMARY_COLUMNS.split(", ")
 
 
@@ -83,10 +81,6 @@ def _to_message(row: sqlite3.Row | tuple) -> StoredMessage:
     values["thread_id"] = client_thread_id(values["thread_id"])
     values["created_at"] = datetime.fromisoformat(values["created_at"])
     return StoredMessage(**values)
-    fields = dict(zip(_MESSAGE_FIELDS, row))
-    fields["thread_id"] = client_thread_id(fields["thread_id"])
-    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
-    return StoredMessage(**fields)
 
 
 def _to_summary(row: sqlite3.Row | tuple) -> Summary:
